@@ -1,0 +1,1 @@
+"""dpfm.boards"""
