@@ -8,6 +8,7 @@
 
 from .fixed import DEFAULT_FORMATS, FixedFormat, Formats, round_shift
 from .activations import ACTIVATIONS, ACT_CODES, act_fixed, act_float, act_table
+from .ops import dual_scale, new_entry, scale_registers
 from .mlp import (MLP, POLICIES, UPDATES, Forward, History, LayerTrace, StepTrace, fixed_update,
                   lr_quantize, param_layout, resolve_k, sgd_scale, weights_sha256)
 from .scalar import Dual, DualContext
@@ -15,4 +16,5 @@ from .scalar import Dual, DualContext
 __all__ = ["DualContext", "Dual", "MLP", "Forward", "History", "LayerTrace", "StepTrace",
            "FixedFormat", "Formats", "DEFAULT_FORMATS", "round_shift", "ACTIVATIONS", "ACT_CODES",
            "act_fixed", "act_float", "act_table", "POLICIES", "UPDATES", "fixed_update",
-           "lr_quantize", "param_layout", "resolve_k", "sgd_scale", "weights_sha256"]
+           "lr_quantize", "param_layout", "resolve_k", "sgd_scale", "weights_sha256",
+           "dual_scale", "new_entry", "scale_registers"]

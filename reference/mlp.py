@@ -15,6 +15,7 @@ import numpy as np
 from .activations import act_fixed, act_float, check_activation
 from .fixed import FixedFormat, Formats, round_shift
 from .kernels import EXACT, STREAM, accumulate_delta, merge_layer
+from .ops import scale_registers
 
 __all__ = ["MLP", "Forward", "LayerTrace", "StepTrace", "History", "POLICIES", "UPDATES",
            "param_layout", "resolve_k", "as_formats", "weights_sha256"]
@@ -260,9 +261,10 @@ class MLP:
                                             fmt.value.frac - g.frac, min(g.one, g.max_int),
                                             g.min_int, g.max_int)
                     sats["grad"] += int(c)
-                    gv_new, c = g.saturate(round_shift(mv * d[..., None], fmt.deriv.frac))
+                    gi_new, gv_new, c = scale_registers(mi, mv, d, fmt.deriv, g)
                     sats["grad"] += c
-                gi_new = np.where(gv_new != 0, mi, -1)
+                if fmt is None:
+                    gi_new = np.where(gv_new != 0, mi, -1)
                 gv, gi = gv_new, gi_new
             traces.append(LayerTrace(z, a_new, d, mi, mv, gi_new, gv_new))
             a = a_new

@@ -1,0 +1,152 @@
+"""The one frozen :class:`Config` that carries every DPFM hardware parameter.
+
+The same object goes into the RTL constructors, the reference model, the testbenches and
+the host driver; its :attr:`Config.hash` is what the hardware reports in its CONFIG_HASH
+register so the host can check it talks to the hardware it expects.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field, replace
+
+from dpfm.reference.activations import ACTIVATIONS
+from dpfm.reference.fixed import DEFAULT_FORMATS, FixedFormat, Formats
+from dpfm.reference.mlp import POLICIES, param_layout
+
+__all__ = ["Config", "ConfigError"]
+
+
+class ConfigError(ValueError):
+    """A Config value outside what the hardware can build (message names value and limit)."""
+
+
+@dataclass(frozen=True)
+class Config:
+    """Every parameter of one DPFM datapath.
+
+    Parameters
+    ----------
+    net : tuple of int
+        Layer widths, inputs first (default the seed net 4-5-5-1).
+    activations : tuple of str
+        One per layer.
+    k : int
+        Gradient registers per activation (1 <= k <= parameters).
+    batch : int
+        Samples per training step; the engine runs that many sample lanes in lockstep.
+    formats : Formats
+        Number formats (value, weight, grad, deriv).
+    idx_bits : int or None
+        Width of a parameter index; ``None`` picks the smallest that holds every index.
+    lanes : int
+        Physical multipliers of a :class:`DualScale` (1..k+1); fewer time-share.
+    use_dsp : bool
+        Multiplies must map onto DSP48E1 (signed 25 x 18): formats are checked for it.
+    policy : str
+        Pruning order the hardware implements (a :data:`dpfm.reference.POLICIES` name).
+
+    Raises
+    ------
+    ConfigError
+        Naming the bad value and the limit.
+    """
+
+    net: tuple = (4, 5, 5, 1)
+    activations: tuple = ("sigmoid", "sigmoid", "linear")
+    k: int = 16
+    batch: int = 10
+    formats: Formats = field(default_factory=lambda: DEFAULT_FORMATS)
+    idx_bits: int | None = None
+    lanes: int = 1
+    use_dsp: bool = True
+    policy: str = "stream"
+
+    def __post_init__(self):
+        object.__setattr__(self, "net", tuple(int(n) for n in self.net))
+        object.__setattr__(self, "activations", tuple(self.activations))
+        if len(self.net) < 2 or any(n < 1 for n in self.net):
+            raise ConfigError(f"net must list at least two positive widths, not {self.net}")
+        if len(self.activations) != len(self.net) - 1:
+            raise ConfigError(f"net {self.net} has {len(self.net) - 1} layers but "
+                              f"{len(self.activations)} activations were given: {self.activations}")
+        for a in self.activations:
+            if a not in ACTIVATIONS:
+                raise ConfigError(f"unknown activation {a!r}; known: {', '.join(ACTIVATIONS)}")
+        for name in ("k", "batch", "lanes"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise ConfigError(f"{name} must be an integer, not {v!r}")
+        if self.k < 1:
+            raise ConfigError(f"k={self.k} is below the minimum of 1 gradient register")
+        if self.k > self.n_params:
+            raise ConfigError(f"k={self.k} exceeds the {self.n_params} parameters of net {self.net}")
+        if self.batch < 1:
+            raise ConfigError(f"batch={self.batch} is below the minimum of 1")
+        if not 1 <= self.lanes <= self.k + 1:
+            raise ConfigError(f"lanes={self.lanes} must be in 1..k+1={self.k + 1}")
+        if not isinstance(self.formats, Formats):
+            raise ConfigError(f"formats must be a Formats, not {self.formats!r}")
+        need = self.min_idx_bits
+        if self.idx_bits is None:
+            object.__setattr__(self, "idx_bits", need)
+        elif isinstance(self.idx_bits, bool) or not isinstance(self.idx_bits, int) or self.idx_bits < need:
+            raise ConfigError(f"idx_bits={self.idx_bits} is too small for {self.n_params} parameters "
+                              f"(indices up to {self.n_params - 1} need at least {need} bits)")
+        if self.use_dsp:
+            bad = self.formats.dsp_misfits()
+            if bad:
+                raise ConfigError("formats do not fit a DSP48E1: " + "; ".join(bad))
+        if self.policy not in POLICIES:
+            raise ConfigError(f"unknown policy {self.policy!r}; known: {', '.join(POLICIES)}")
+
+    # -- derived ----------------------------------------------------------------------
+    @property
+    def n_params(self) -> int:
+        return param_layout(self.net)[1]
+
+    @property
+    def offsets(self) -> list:
+        return param_layout(self.net)[0]
+
+    @property
+    def min_idx_bits(self) -> int:
+        return max(1, (self.n_params - 1).bit_length())
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.net) - 1
+
+    @property
+    def n_in(self) -> int:
+        return self.net[0]
+
+    @property
+    def n_out(self) -> int:
+        return self.net[-1]
+
+    def registers(self, layer: int) -> int:
+        """Register slots of layer ``layer``'s outputs: ``min(k, parameters reachable)``."""
+        return min(self.k, self.offsets[layer] + self.net[layer] + 1)
+
+    def to_dict(self) -> dict:
+        return {"net": list(self.net), "activations": list(self.activations), "k": self.k,
+                "batch": self.batch, "formats": self.formats.to_dict(), "idx_bits": self.idx_bits,
+                "lanes": self.lanes, "use_dsp": self.use_dsp, "policy": self.policy}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Config":
+        d = dict(d)
+        if "formats" in d and isinstance(d["formats"], dict):
+            d["formats"] = Formats(**{k: FixedFormat.parse(v) for k, v in d["formats"].items()})
+        return cls(**d)
+
+    @property
+    def hash(self) -> int:
+        """32-bit hash of the canonical JSON of :meth:`to_dict` (the CONFIG_HASH register)."""
+        text = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "big")
+
+    def replace(self, **changes) -> "Config":
+        return replace(self, **changes)

@@ -1,0 +1,120 @@
+"""The engine's AXI4-Lite register map: one Python description, exported for the host.
+
+Every offset the RTL decodes, the host driver uses and the board's Tcl address map spans
+comes from :func:`register_map`.  Words are 32 bits; addresses are byte addresses.
+
+Windows hold one word per element: WEIGHTS (the parameters in the public order, weight
+format, sign-extended), SAMPLES (``batch`` rows of ``n_in`` inputs then ``n_out`` targets,
+value format) and OUTPUTS (``batch`` rows of ``n_out`` predictions of the last step).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+
+__all__ = ["Register", "Window", "RegisterMap", "register_map", "ID_MAGIC", "ADDR_BITS",
+           "CTRL", "STATUS", "FLAGS", "UPDATE", "ERRORS"]
+
+ID_MAGIC = 0x4450464D          # "DPFM"
+ADDR_BITS = 18                 # 256 KiB of address space
+
+# CTRL bits (write 1)
+CTRL = {"start": 0, "clear_flags": 1}
+# STATUS bits
+STATUS = {"busy": 0, "done": 1}
+STATUS_ERROR_SHIFT = 8        # STATUS[15:8]: error code of the last refused start
+# sticky FLAGS bits (cleared by CTRL.clear_flags)
+FLAGS = {"sat_value": 0, "sat_grad": 1, "sat_delta": 2, "sat_weight": 3, "bus_error": 4}
+# UPDATE register values
+UPDATE = {"sgd": 0, "maxnorm": 1, "none": 2}
+# error codes (STATUS[15:8]); 0 = none
+ERRORS = {
+    1: "batch count is 0 or larger than the configured batch",
+    2: "unknown update rule",
+    3: "maxnorm learning rate is 0",
+    4: "start while busy",
+    5: "sgd scale is 0",
+}
+
+
+@dataclass(frozen=True)
+class Register:
+    name: str
+    offset: int
+    access: str            # "ro", "rw" or "wo"
+    doc: str
+
+
+@dataclass(frozen=True)
+class Window:
+    name: str
+    base: int
+    length: int            # words
+    access: str
+    doc: str
+
+    def addr(self, i: int) -> int:
+        if not 0 <= i < self.length:
+            raise IndexError(f"{self.name}[{i}] is outside 0..{self.length - 1}")
+        return self.base + 4 * i
+
+
+@dataclass(frozen=True)
+class RegisterMap:
+    registers: tuple
+    windows: tuple
+    addr_bits: int = ADDR_BITS
+
+    def __getitem__(self, name):
+        for r in self.registers + self.windows:
+            if r.name == name:
+                return r
+        raise KeyError(name)
+
+    @property
+    def size(self) -> int:
+        return 1 << self.addr_bits
+
+    def to_dict(self) -> dict:
+        return {"addr_bits": self.addr_bits, "registers": [asdict(r) for r in self.registers],
+                "windows": [asdict(w) for w in self.windows], "ctrl": CTRL, "status": STATUS,
+                "flags": FLAGS, "update": UPDATE, "errors": ERRORS}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1)
+
+
+def register_map(config) -> RegisterMap:
+    """The register map of the engine built for ``config`` (a :class:`dpfm.config.Config`)."""
+    regs = (
+        Register("ID", 0x000, "ro", "0x4450464D ('DPFM')"),
+        Register("CONFIG_HASH", 0x004, "ro", "Config.hash of the configuration built"),
+        Register("CTRL", 0x008, "wo", "bit 0 start a step, bit 1 clear FLAGS"),
+        Register("STATUS", 0x00C, "ro", "bit 0 busy, bit 1 done; [15:8] error code of the last refused start"),
+        Register("FLAGS", 0x010, "ro", "sticky: bit 0..3 saturation of value/grad/delta/weight, bit 4 bus error"),
+        Register("CYCLES", 0x014, "ro", "clock cycles of the last step"),
+        Register("BATCH_N", 0x018, "rw", "samples in the next step (1..batch)"),
+        Register("UPDATE", 0x01C, "rw", "0 sgd, 1 maxnorm, 2 none (forward and loss only)"),
+        Register("LR_Q", 0x020, "rw", "maxnorm learning rate in weight-format integers"),
+        Register("SGD_CQ", 0x024, "rw", "sgd scale mantissa c_q (2*lr/count = c_q * 2**-cs)"),
+        Register("SGD_CS", 0x028, "rw", "sgd scale exponent cs"),
+        Register("LOSS_LO", 0x02C, "ro", "sum of squared errors of the last step, bits 31..0 (frac 2*value.frac)"),
+        Register("LOSS_HI", 0x030, "ro", "same, bits 63..32"),
+        Register("MUL_BUSY", 0x034, "ro", "cycles of the last step with the lane multipliers busy"),
+        Register("MERGE_BUSY", 0x038, "ro", "cycles of the last step with the mergers taking an entry"),
+        Register("K", 0x03C, "ro", "registers per activation"),
+        Register("N_PARAMS", 0x040, "ro", "parameters"),
+        Register("BATCH", 0x044, "ro", "configured batch (sample lanes)"),
+    )
+    n_in, n_out = config.net[0], config.net[-1]
+    wins = (
+        Window("WEIGHTS", 0x10000, config.n_params, "rw", "parameters, public order, weight format"),
+        Window("SAMPLES", 0x20000, config.batch * (n_in + n_out), "rw",
+               "row s: n_in inputs then n_out targets, value format"),
+        Window("OUTPUTS", 0x30000, config.batch * n_out, "ro", "predictions of the last step, value format"),
+    )
+    for w in wins:
+        if w.length > 0x4000:
+            raise ValueError(f"{w.name} needs {w.length} words; the window holds 16384")
+    return RegisterMap(regs, wins)
