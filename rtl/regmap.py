@@ -5,7 +5,8 @@ comes from :func:`register_map`.  Words are 32 bits; addresses are byte addresse
 
 Windows hold one word per element: WEIGHTS (the parameters in the public order, weight
 format, sign-extended), SAMPLES (``batch`` rows of ``n_in`` inputs then ``n_out`` targets,
-value format) and OUTPUTS (``batch`` rows of ``n_out`` predictions of the last step).
+value format; each row starts at a multiple of ``row_words``, a power of two) and OUTPUTS
+(``batch`` rows of ``n_out`` predictions of the last step, same row layout).
 """
 
 from __future__ import annotations
@@ -53,11 +54,16 @@ class Window:
     length: int            # words
     access: str
     doc: str
+    row_words: int = 1     # words from one row to the next (a power of two); 1 = no rows
 
     def addr(self, i: int) -> int:
         if not 0 <= i < self.length:
             raise IndexError(f"{self.name}[{i}] is outside 0..{self.length - 1}")
         return self.base + 4 * i
+
+    def row_addr(self, row: int, col: int) -> int:
+        """Byte address of element ``col`` of row ``row``."""
+        return self.addr(row * self.row_words + col)
 
 
 @dataclass(frozen=True)
@@ -108,11 +114,13 @@ def register_map(config) -> RegisterMap:
         Register("BATCH", 0x044, "ro", "configured batch (sample lanes)"),
     )
     n_in, n_out = config.net[0], config.net[-1]
+    srow = 1 << (n_in + n_out - 1).bit_length()
+    orow = 1 << (n_out - 1).bit_length()
     wins = (
         Window("WEIGHTS", 0x10000, config.n_params, "rw", "parameters, public order, weight format"),
-        Window("SAMPLES", 0x20000, config.batch * (n_in + n_out), "rw",
-               "row s: n_in inputs then n_out targets, value format"),
-        Window("OUTPUTS", 0x30000, config.batch * n_out, "ro", "predictions of the last step, value format"),
+        Window("SAMPLES", 0x20000, config.batch * srow, "rw",
+               "row s: n_in inputs then n_out targets, value format", srow),
+        Window("OUTPUTS", 0x30000, config.batch * orow, "ro", "predictions of the last step, value format", orow),
     )
     for w in wins:
         if w.length > 0x4000:

@@ -1,0 +1,125 @@
+"""AXI4-Lite: the bus signature and a slave that turns it into simple register accesses.
+
+:class:`AXI4LiteSignature` flattens the five channels into members named as in the AXI
+specification (``awaddr``, ``awvalid``, ... ``rready``), so an ``s_axil: In(...)`` member
+becomes Verilog ports ``s_axil__awaddr`` etc. that cocotbext-axi's
+``AxiLiteBus.from_prefix(dut, "s_axil", bus_separator="__")`` drives.
+"""
+
+from __future__ import annotations
+
+from amaranth import Module, Signal
+from amaranth.lib import wiring
+from amaranth.lib.wiring import In, Out
+
+__all__ = ["AXI4LiteSignature", "RegisterPort", "AXI4LiteSlave", "RESP_OKAY", "RESP_SLVERR"]
+
+RESP_OKAY = 0b00
+RESP_SLVERR = 0b10
+
+
+class AXI4LiteSignature(wiring.Signature):
+    """AXI4-Lite, seen from the master (``Out`` = driven by the master).
+
+    Parameters
+    ----------
+    addr_width : int
+        Byte-address width.
+    data_width : int
+        32 (the only width this project uses).
+    """
+
+    def __init__(self, *, addr_width, data_width=32):
+        if data_width != 32:
+            raise ValueError(f"data_width must be 32, not {data_width}")
+        self.addr_width = addr_width
+        self.data_width = data_width
+        super().__init__({
+            "awaddr": Out(addr_width), "awprot": Out(3), "awvalid": Out(1), "awready": In(1),
+            "wdata": Out(data_width), "wstrb": Out(data_width // 8), "wvalid": Out(1), "wready": In(1),
+            "bresp": In(2), "bvalid": In(1), "bready": Out(1),
+            "araddr": Out(addr_width), "arprot": Out(3), "arvalid": Out(1), "arready": In(1),
+            "rdata": In(data_width), "rresp": In(2), "rvalid": In(1), "rready": Out(1),
+        })
+
+
+class RegisterPort(wiring.Signature):
+    """One register access at a time, from the bus slave to the register file.
+
+    Members: ``addr`` (word address), ``w_en`` + ``w_data`` (write strobe, one cycle),
+    ``r_en`` (read strobe, one cycle), and back: ``r_data`` and ``error`` valid in the cycle
+    after the strobe (``error`` makes the slave answer SLVERR; a refused write must change
+    nothing).
+    """
+
+    def __init__(self, *, addr_width):
+        super().__init__({
+            "addr": Out(addr_width), "w_en": Out(1), "w_data": Out(32), "r_en": Out(1),
+            "r_data": In(32), "error": In(1),
+        })
+
+
+class AXI4LiteSlave(wiring.Component):
+    """AXI4-Lite slave: one read or write at a time, answered from a :class:`RegisterPort`.
+
+    Latency: a write answers on B three cycles after AW and W have both been accepted; a read
+    answers on R three cycles after AR.  Writes with partial ``wstrb`` are refused (SLVERR,
+    nothing written): every register is a whole 32-bit word.  Reads win when both arrive.
+    """
+
+    def __init__(self, *, addr_width):
+        self.addr_width = addr_width
+        super().__init__({
+            "bus": In(AXI4LiteSignature(addr_width=addr_width)),
+            "reg": Out(RegisterPort(addr_width=addr_width - 2)),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        bus, reg = self.bus, self.reg
+        addr = Signal(self.addr_width)
+        wdata = Signal(32)
+        wstrb = Signal(4)
+        aw_ok = Signal()
+        w_ok = Signal()
+        m.d.comb += reg.addr.eq(addr[2:])
+        with m.FSM():
+            with m.State("IDLE"):
+                m.d.comb += bus.arready.eq(1)
+                with m.If(bus.arvalid):
+                    m.d.sync += addr.eq(bus.araddr)
+                    m.next = "READ"
+                with m.Else():
+                    m.d.comb += [bus.awready.eq(~aw_ok), bus.wready.eq(~w_ok)]
+                    with m.If(bus.awvalid & ~aw_ok):
+                        m.d.sync += [addr.eq(bus.awaddr), aw_ok.eq(1)]
+                    with m.If(bus.wvalid & ~w_ok):
+                        m.d.sync += [wdata.eq(bus.wdata), wstrb.eq(bus.wstrb), w_ok.eq(1)]
+                    with m.If(aw_ok & w_ok):
+                        m.next = "WRITE"
+            with m.State("READ"):
+                m.d.comb += reg.r_en.eq(1)
+                m.next = "READ_RESP"
+            with m.State("READ_RESP"):
+                with m.If(~bus.rvalid):
+                    m.d.sync += [bus.rvalid.eq(1), bus.rdata.eq(reg.r_data),
+                                 bus.rresp.eq(reg.error.replicate(2) & RESP_SLVERR)]
+                with m.If(bus.rvalid & bus.rready):
+                    m.d.sync += bus.rvalid.eq(0)
+                    m.next = "IDLE"
+            with m.State("WRITE"):
+                full = wstrb == 0b1111
+                m.d.comb += [reg.w_en.eq(full), reg.w_data.eq(wdata)]
+                m.d.sync += [aw_ok.eq(0), w_ok.eq(0)]
+                m.next = "WRITE_RESP"
+                with m.If(~full):
+                    m.d.sync += [bus.bvalid.eq(1), bus.bresp.eq(RESP_SLVERR)]
+                    m.next = "WRITE_WAIT"
+            with m.State("WRITE_RESP"):
+                m.d.sync += [bus.bvalid.eq(1), bus.bresp.eq(reg.error.replicate(2) & RESP_SLVERR)]
+                m.next = "WRITE_WAIT"
+            with m.State("WRITE_WAIT"):
+                with m.If(bus.bvalid & bus.bready):
+                    m.d.sync += bus.bvalid.eq(0)
+                    m.next = "IDLE"
+        return m
