@@ -466,6 +466,9 @@ def lr_quantize(lr, fmt):
 def sgd_scale(lr, count):
     """``2 * lr / count`` as ``(c_q, cs)`` with ``c_q * 2**-cs`` and 2**16 <= c_q < 2**17."""
     c = 2.0 * lr / count
+    if not 0 < c < 1:
+        raise ValueError(f"fixed-point sgd needs 0 < 2*lr/count < 1; lr={lr} with {count} "
+                         f"samples x outputs gives {c}")
     mant, e = math.frexp(c)        # c = mant * 2**e, 0.5 <= mant < 1
     cs = NORM_BITS - e
     c_q = int(math.floor(c * 2.0 ** cs + 0.5))

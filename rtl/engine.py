@@ -1,0 +1,591 @@
+"""The on-chip DPFM training engine: whole training steps, host access over AXI4-Lite.
+
+One step (``CTRL.start``) runs, for the ``BATCH_N`` samples in the SAMPLES window:
+
+1. **Forward with gradient registers**, layer by layer, neuron by neuron.  ``batch`` sample
+   lanes work in lockstep, sharing each weight read.  Per lane, the candidates of neuron
+   ``j`` stream into a :class:`TopKMerger` one per cycle in the reference's ``stream`` order
+   (per input ``i``: the new entry ``(index of W[j,i], a_i)``, then ``W[j,i] * g`` for every
+   register ``g`` of ``a_i``; the bias entry last).  The single lane multiplier computes
+   ``W[j,i] * a_i`` in the new-entry slot (pre-activation) and ``W[j,i] * g`` in the
+   register slots.  The finished list, the :class:`ActivationUnit`'s ``(a, f'(z))`` and a
+   :class:`DualScale` (registers times ``f'(z)``) complete the neuron while the next one
+   streams.
+2. **Loss and delta**: per lane, output and register, ``e = sat(y' - y)`` and
+   ``D[idx] += e * g`` into a dense, exact delta memory; ``sum e**2`` into LOSS.
+3. **Update** (``UPDATE`` sgd or maxnorm, skipped for none): ``m = max|D|``, normalisation,
+   a restoring divider for ``2**35 / m`` (maxnorm), then one parameter per cycle
+   ``w -= upd`` exactly as :func:`dpfm.reference.mlp.fixed_update`.
+
+Timing (cycles, ``k_l`` = registers of layer ``l``'s inputs, 0 for the first layer):
+forward ``sum_l n_out_l * (n_in_l * (1 + k_l) + 1) + L * T_barrier``; loss/delta
+``batch * n_out * k + 4``; update ``2 * P + 36 + 12`` (maxnorm) or ``2 * P + 12`` (sgd);
+see docs/engine.md.  Bit-exact with ``MLP.step_raw(..., policy="stream")`` in the Config's
+fixed formats.
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import fifo, wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, connect, flipped
+
+from dpfm.config import Config
+from dpfm.reference.activations import ACT_CODES
+from dpfm.reference.mlp import NORM_BITS, RATIO_FRAC, RECIP_FRAC
+
+from .activation import ActivationUnit
+from .axi import AXI4LiteSignature, AXI4LiteSlave
+from .dual_scale import DualScale
+from .fixmath import round_shift, round_shift_var, saturate
+from .layouts import registers_layout
+from .regmap import ADDR_BITS, CTRL, FLAGS, ID_MAGIC, STATUS_ERROR_SHIFT, UPDATE, register_map
+from .topk import TopKMerger
+
+__all__ = ["Engine"]
+
+DELTA_BITS = 56          # exact delta accumulator (saturated to 48 bits when read)
+
+
+def _or_all(terms):
+    acc = terms[0]
+    for t in terms[1:]:
+        acc = acc | t
+    return acc
+
+
+class Engine(wiring.Component):
+    """DPFM training engine for the MLP a :class:`~dpfm.config.Config` describes.
+
+    Members
+    -------
+    s_axil : ``In(AXI4LiteSignature(addr_width=18))``
+        Host access; the register map is :func:`dpfm.rtl.regmap.register_map` (config).
+
+    Raises
+    ------
+    ConfigError
+        Through :class:`Config`; TypeError when ``config`` is not a Config.
+    """
+
+    def __init__(self, config: Config):
+        if not isinstance(config, Config):
+            raise TypeError(f"Engine needs a dpfm.config.Config, not {config!r}")
+        if config.policy != "stream":
+            raise ValueError(f"the engine implements policy 'stream', not {config.policy!r}")
+        self.config = config
+        self.regmap = register_map(config)
+        super().__init__({"s_axil": In(AXI4LiteSignature(addr_width=ADDR_BITS))})
+
+    def elaborate(self, platform):
+        m = Module()
+        cfg = self.config
+        fm = cfg.formats
+        fv, fw, fg = fm.value.frac, fm.weight.frac, fm.grad.frac
+        B, K, L, P = cfg.batch, cfg.k, cfg.n_layers, cfg.n_params
+        net = cfg.net
+        n_in0, n_out_last = net[0], net[-1]
+        maxw = max(net[1:])
+        rmap = self.regmap
+        srow = rmap["SAMPLES"].row_words
+        orow = rmap["OUTPUTS"].row_words
+        reg_layout = registers_layout(cfg)
+        vshape = signed(fm.value.bits)
+        wshape = signed(fm.weight.bits)
+        gshape = signed(fm.grad.bits)
+
+        # ---------------------------------------------------------------- bus
+        m.submodules.axil = axil = AXI4LiteSlave(addr_width=ADDR_BITS)
+        connect(m, flipped(self.s_axil), axil.bus)
+        reg = axil.reg
+
+        # ---------------------------------------------------------------- memories
+        m.submodules.wmem = wmem = Memory(shape=wshape, depth=P, init=[])
+        w_wr = wmem.write_port()
+        w_rd = wmem.read_port(transparent_for=())
+        m.submodules.dmem = dmem = Memory(shape=signed(DELTA_BITS), depth=P, init=[])
+        d_wr = dmem.write_port()
+        d_rd = dmem.read_port(transparent_for=(d_wr,))
+        smem_wr, smem_rd, vmem_wr, vmem_rd, rmem_wr, rmem_rd = [], [], [], [], [], []
+        for s in range(B):
+            mem = Memory(shape=vshape, depth=srow, init=[])
+            m.submodules[f"smem{s}"] = mem
+            smem_wr.append(mem.write_port())
+            smem_rd.append(mem.read_port(transparent_for=()))
+            vw, vr, rw, rr = [], [], [], []
+            for b in range(2):
+                vm = Memory(shape=vshape, depth=maxw, init=[])
+                rm = Memory(shape=reg_layout, depth=maxw, init=[])
+                m.submodules[f"vmem{s}_{b}"] = vm
+                m.submodules[f"rmem{s}_{b}"] = rm
+                vw.append(vm.write_port())
+                vr.append(vm.read_port(transparent_for=()))
+                rw.append(rm.write_port())
+                rr.append(rm.read_port(transparent_for=()))
+            vmem_wr.append(vw); vmem_rd.append(vr); rmem_wr.append(rw); rmem_rd.append(rr)
+
+        # ---------------------------------------------------------------- control registers
+        busy = Signal()
+        done = Signal()
+        error = Signal(8)
+        flags = Signal(len(FLAGS))
+        cycles = Signal(32)
+        mul_busy = Signal(32)
+        merge_busy = Signal(32)
+        batch_n = Signal(range(B + 1), init=B)
+        update = Signal(2, init=UPDATE["maxnorm"])
+        lr_q = Signal(wshape.width)
+        sgd_cq = Signal(NORM_BITS + 1)
+        sgd_cs = Signal(signed(8))
+        loss = Signal(64)
+        start = Signal()
+        clear_flags = Signal()
+        set_flags = Signal(len(FLAGS))
+        m.d.sync += flags.eq(Mux(clear_flags, 0, flags | set_flags))
+        with m.If(busy):
+            m.d.sync += cycles.eq(cycles + 1)
+
+        # ---------------------------------------------------------------- per-layer tables
+        offs = cfg.offsets
+        t_nin = Array([Const(net[l], 16) for l in range(L)])
+        t_nout = Array([Const(net[l + 1], 16) for l in range(L)])
+        t_kin = Array([Const(0 if l == 0 else cfg.registers(l - 1), 16) for l in range(L)])
+        t_off = Array([Const(offs[l], 24) for l in range(L)])
+        t_act = Array([Const(ACT_CODES[a], 2) for a in cfg.activations])
+        layer = Signal(range(max(L, 2)))
+        nin, nout, kin, off, act = t_nin[layer], t_nout[layer], t_kin[layer], t_off[layer], t_act[layer]
+        rd_buf = Signal()          # buffer layer l reads ((l-1) % 2)
+        wr_buf = Signal()          # buffer layer l writes (l % 2)
+        m.d.comb += [wr_buf.eq(layer[0]), rd_buf.eq(~layer[0])]
+        out_buf = (L - 1) % 2      # buffer holding the network's outputs
+
+        # ---------------------------------------------------------------- lane blocks
+        mergers, scalers, acts, afifos, vfifos = [], [], [], [], []
+        for s in range(B):
+            mg = TopKMerger(cfg)
+            ds = DualScale(cfg, scalar_fmt=fm.deriv)
+            au = ActivationUnit(cfg)
+            af = fifo.SyncFIFOBuffered(width=fm.value.bits + fm.deriv.bits, depth=4)
+            vf = fifo.SyncFIFOBuffered(width=fm.value.bits, depth=4)
+            m.submodules[f"merger{s}"] = mg
+            m.submodules[f"scale{s}"] = ds
+            m.submodules[f"act{s}"] = au
+            m.submodules[f"afifo{s}"] = af
+            m.submodules[f"vfifo{s}"] = vf
+            mergers.append(mg); scalers.append(ds); acts.append(au); afifos.append(af); vfifos.append(vf)
+        lane_active = Signal(B)
+        m.d.comb += lane_active.eq(Cat(Const(s, range(B + 1)) < batch_n for s in range(B)))
+
+        # ---------------------------------------------------------------- sequencer state
+        j = Signal(16)             # neuron
+        i = Signal(16)             # input (== nin: bias slot)
+        r = Signal(16)             # 0: new entry, 1..kin: register r-1
+        fin = Signal(16)           # neurons of this layer written back
+        stall = Signal()
+
+        # stage 0 -> 1 -> 2 -> 3 -> outputs (merger/activation inputs, registered)
+        KIND_NEW, KIND_REG, KIND_BIAS = 0, 1, 2
+        v1 = Signal(); kind1 = Signal(2); rr1 = Signal(16); idxn1 = Signal(24); idxb1 = Signal(24)
+        v2 = Signal(); kind2 = Signal(2)
+        v3 = Signal(); kind3 = Signal(2)
+        fwd_issue = Signal()
+        loss_issue = Signal()
+        lo = Signal(16); ls = Signal(range(B + 1)); lr = Signal(16)
+
+        bias_slot = i == nin
+        with m.If(bias_slot):
+            m.d.comb += w_rd.addr.eq(off + nout * nin + j)
+        with m.Else():
+            m.d.comb += w_rd.addr.eq(off + j * nin + i)
+
+        # per-lane datapath
+        flag_terms = []
+        for s in range(B):
+            # stage 1: memory data
+            a1 = Signal(vshape)
+            m.d.comb += a1.eq(Mux(layer == 0, smem_rd[s].data,
+                                  Mux(rd_buf, vmem_rd[s][1].data, vmem_rd[s][0].data)))
+            regs1 = Mux(rd_buf, rmem_rd[s][1].data.as_value(), rmem_rd[s][0].data.as_value())
+            regs1v = reg_layout(regs1)
+            g1 = regs1v[rr1[:max(1, (K - 1).bit_length())]] if K > 1 else regs1v[0]
+            newv1, newsat1 = saturate(round_shift(a1, fv - fg), fm.grad)
+            # stage 2 registers
+            opa2 = Signal(wshape); opb2 = Signal(vshape if fm.value.bits >= fm.grad.bits else gshape)
+            cidx2 = Signal(cfg.idx_bits); cval2 = Signal(gshape); sat2 = Signal()
+            # stage 3 registers
+            prod3 = Signal(signed(wshape.width + opb2.shape().width))
+            cidx3 = Signal(cfg.idx_bits); cval3 = Signal(gshape); sat3 = Signal(); b3 = Signal(wshape)
+            b2 = Signal(wshape)
+            zacc = Signal(signed(wshape.width + vshape.width + 8))
+            with m.If(~stall):
+                m.d.sync += [
+                    opa2.eq(w_rd.data),
+                    opb2.eq(Mux(kind1 == KIND_NEW, a1, g1.val)),
+                    cidx2.eq(Mux(kind1 == KIND_NEW, idxn1, Mux(kind1 == KIND_REG, g1.idx, idxb1))),
+                    cval2.eq(Mux(kind1 == KIND_NEW, newv1, Const(min(fm.grad.one, fm.grad.max_int), gshape))),
+                    sat2.eq((kind1 == KIND_NEW) & newsat1 | (kind1 == KIND_BIAS) & (fm.grad.one > fm.grad.max_int)),
+                    b2.eq(w_rd.data),
+                    prod3.eq(opa2 * opb2),
+                    cidx3.eq(cidx2), cval3.eq(cval2), sat3.eq(sat2), b3.eq(b2),
+                ]
+            prodv3, prodsat3 = saturate(round_shift(prod3, fw), fm.grad)
+            zfull = zacc + (b3 << fv)
+            z3, zsat3 = saturate(round_shift(zfull, fw), fm.value)
+            mg, au = mergers[s], acts[s]
+            # stage 3 -> merger / activation inputs (registered, held under stall)
+            with m.If(mg.i.valid & mg.i.ready):
+                m.d.sync += mg.i.valid.eq(0)
+            with m.If(au.i.valid & au.i.ready):
+                m.d.sync += au.i.valid.eq(0)
+            lane_sat = Signal(len(FLAGS))
+            with m.If(~stall & v3):
+                m.d.sync += [
+                    mg.i.valid.eq(1),
+                    mg.i.payload.idx.eq(cidx3),
+                    mg.i.payload.val.eq(Mux(kind3 == KIND_REG, prodv3, cval3)),
+                    mg.i.payload.last.eq(kind3 == KIND_BIAS),
+                ]
+                with m.Switch(kind3):
+                    with m.Case(KIND_NEW):
+                        m.d.sync += zacc.eq(zacc + prod3)
+                    with m.Case(KIND_BIAS):
+                        m.d.sync += [zacc.eq(0), au.i.valid.eq(1), au.i.payload.z.eq(z3),
+                                     au.i.payload.act.eq(act)]
+                        m.d.comb += lane_sat[FLAGS["sat_value"]].eq(zsat3)
+                m.d.comb += lane_sat[FLAGS["sat_grad"]].eq(Mux(kind3 == KIND_REG, prodsat3, sat3))
+            # finalize: activation -> fifo; join with the merger's list into DualScale
+            af, vf, ds = afifos[s], vfifos[s], scalers[s]
+            m.d.comb += [
+                af.w_data.eq(Cat(au.o.payload.a, au.o.payload.d)),
+                af.w_en.eq(au.o.valid),
+                au.o.ready.eq(af.w_rdy),
+            ]
+            a_f = af.r_data[:fm.value.bits].as_signed()
+            d_f = af.r_data[fm.value.bits:].as_signed()
+            join = af.r_rdy & mg.o.valid & vf.w_rdy
+            m.d.comb += [
+                ds.i.valid.eq(join),
+                ds.i.payload.value.eq(0),
+                ds.i.payload.grads.eq(mg.o.payload),
+                ds.i.payload.scalar.eq(d_f),
+                mg.o.ready.eq(ds.i.ready & af.r_rdy & vf.w_rdy),
+                af.r_en.eq(ds.i.ready & mg.o.valid & vf.w_rdy),
+                vf.w_en.eq(join & ds.i.ready),
+                vf.w_data.eq(a_f),
+                ds.o.ready.eq(1),
+                vf.r_en.eq(ds.o.valid),
+            ]
+            for b in range(2):
+                m.d.comb += [
+                    vmem_wr[s][b].addr.eq(fin), vmem_wr[s][b].data.eq(vf.r_data),
+                    vmem_wr[s][b].en.eq(ds.o.valid & (wr_buf == b)),
+                    rmem_wr[s][b].addr.eq(fin), rmem_wr[s][b].data.eq(ds.o.payload.grads),
+                    rmem_wr[s][b].en.eq(ds.o.valid & (wr_buf == b)),
+                ]
+            flag_terms.append(Mux(lane_active[s], lane_sat | ((mg.sat | ds.sat) << FLAGS["sat_grad"]), 0))
+
+        m.d.comb += stall.eq(Cat((mg.i.valid & ~mg.i.ready) | (au.i.valid & ~au.i.ready)
+                                 for mg, au in zip(mergers, acts)).any())
+        with m.If(mergers[0].i.valid & mergers[0].i.ready):
+            m.d.sync += merge_busy.eq(merge_busy + 1)
+        with m.If(~stall & v2 & (kind2 != KIND_BIAS)):
+            m.d.sync += mul_busy.eq(mul_busy + 1)
+        with m.If(scalers[0].o.valid):
+            m.d.sync += fin.eq(fin + 1)
+
+        # shared stage registers
+        with m.If(~stall):
+            m.d.sync += [
+                v1.eq(fwd_issue),
+                kind1.eq(Mux(bias_slot, KIND_BIAS, Mux(r == 0, KIND_NEW, KIND_REG))),
+                rr1.eq(r - 1),
+                idxn1.eq(off + j * nin + i),
+                idxb1.eq(off + nout * nin + j),
+                v2.eq(v1), kind2.eq(kind1),
+                v3.eq(v2), kind3.eq(kind2),
+            ]
+        # memory read enables and addresses
+        rd_en = ~stall
+        for s in range(B):
+            m.d.comb += smem_rd[s].en.eq(rd_en)
+            for b in range(2):
+                m.d.comb += [vmem_rd[s][b].en.eq(rd_en), rmem_rd[s][b].en.eq(rd_en)]
+        m.d.comb += w_rd.en.eq(rd_en)
+
+        # ---------------------------------------------------------------- loss / delta datapath
+        lv1 = Signal(); ls1 = Signal(range(B + 1)); lr1 = Signal(16)
+        lv2 = Signal(); lsq2 = Signal(); e2 = Signal(vshape); g2 = Signal(gshape); gi2 = Signal(cfg.idx_bits)
+        lv3 = Signal(); lsq3 = Signal(); dprod3 = Signal(signed(vshape.width + gshape.width))
+        sq3 = Signal(signed(2 * vshape.width)); gi3 = Signal(cfg.idx_bits)
+        lv4 = Signal(); dprod4 = Signal.like(dprod3); gi4 = Signal(cfg.idx_bits)
+        a_l = Array([vmem_rd[s][out_buf].data for s in range(B)])[ls1]
+        y_l = Array([smem_rd[s].data for s in range(B)])[ls1]
+        regs_l = reg_layout(Array([rmem_rd[s][out_buf].data.as_value() for s in range(B)])[ls1])
+        g_l = regs_l[lr1[:max(1, (K - 1).bit_length())]] if K > 1 else regs_l[0]
+        e_l, esat_l = saturate(a_l - y_l, fm.value)
+        active_l = Array([lane_active[s] for s in range(B)])[ls1]
+        m.d.sync += [
+            lv1.eq(loss_issue), ls1.eq(ls), lr1.eq(lr),
+            lv2.eq(lv1 & active_l & (g_l.val != 0) & (update != UPDATE["none"])),
+            lsq2.eq(lv1 & active_l & (lr1 == 0)),
+            e2.eq(e_l), g2.eq(g_l.val), gi2.eq(g_l.idx),
+            lv3.eq(lv2), lsq3.eq(lsq2), dprod3.eq(e2 * g2), sq3.eq(e2 * e2), gi3.eq(gi2),
+            lv4.eq(lv3), dprod4.eq(dprod3), gi4.eq(gi3),
+        ]
+        flag_terms.append((lv1 & active_l & (lr1 == 0) & esat_l) << FLAGS["sat_value"])
+        with m.If(lsq3):
+            m.d.sync += loss.eq(loss + sq3)
+        with m.If(lv2):
+            m.d.sync += mul_busy.eq(mul_busy + 1)
+
+        # ---------------------------------------------------------------- update datapath
+        p = Signal(range(P + 1))
+        pv1 = Signal(); pmax1 = Signal(); pupd1 = Signal(); pp1 = Signal(range(P + 1))
+        dmax = Signal(48)
+        shift = Signal(signed(8))          # sh = bitlength(m) - NORM_BITS
+        mn = Signal(NORM_BITS + 1)
+        recip = Signal(RECIP_FRAC + 1)
+        rem = Signal(NORM_BITS + 2)
+        div_i = Signal(range(RECIP_FRAC + 2))
+        sgd_shift = Signal(8)
+        max_pass = Signal()
+        upd_pass = Signal()
+        d_sat, d_ovf = saturate(d_rd.data, fm.delta)
+        d_abs = Mux(d_sat < 0, -d_sat, d_sat)[:48]
+        # Dn = D >> sh (floor) or D << -sh
+        dn1 = Signal(signed(NORM_BITS + 2))
+        m.d.comb += dn1.eq(Mux(shift >= 0, d_sat >> shift.as_unsigned()[:6], d_sat << (-shift).as_unsigned()[:5]))
+        uv2 = Signal(); up2 = Signal(range(P + 1)); dn2 = Signal(signed(NORM_BITS + 2)); w2 = Signal(wshape)
+        uv3 = Signal(); up3 = Signal(range(P + 1)); prod_u3 = Signal(signed(NORM_BITS + 2 + RECIP_FRAC + 2)); w3 = Signal(wshape)
+        uv4 = Signal(); up4 = Signal(range(P + 1)); w4 = Signal(wshape)
+        prod_u4 = Signal(signed(RATIO_FRAC + 2 + wshape.width + 1)); sgdupd4 = Signal(signed(64))
+        ratio3 = round_shift(prod_u3, RECIP_FRAC - RATIO_FRAC)
+        mult3 = Mux(update == UPDATE["maxnorm"], recip, sgd_cq)
+        m.d.sync += [
+            pv1.eq(max_pass | upd_pass), pmax1.eq(max_pass), pupd1.eq(upd_pass), pp1.eq(p),
+            uv2.eq(pupd1), up2.eq(pp1), dn2.eq(dn1), w2.eq(w_rd.data),
+            uv3.eq(uv2), up3.eq(up2), prod_u3.eq(dn2 * mult3), w3.eq(w2),
+            uv4.eq(uv3), up4.eq(up3), w4.eq(w3),
+            prod_u4.eq(ratio3 * lr_q),
+            sgdupd4.eq(round_shift_var(prod_u3, sgd_shift, 127)),
+        ]
+        upd4 = Mux(update == UPDATE["maxnorm"], round_shift(prod_u4, RATIO_FRAC), sgdupd4)
+        w_new4, w_ovf4 = saturate(w4 - upd4, fm.weight)
+        with m.If(pmax1 & (d_abs > dmax)):
+            m.d.sync += dmax.eq(d_abs)
+        flag_terms.append((pmax1 & d_ovf) << FLAGS["sat_delta"])
+        flag_terms.append((uv4 & w_ovf4) << FLAGS["sat_weight"])
+
+        # delta memory ports
+        with m.If(lv3):
+            m.d.comb += d_rd.addr.eq(gi3)
+        with m.Else():
+            m.d.comb += d_rd.addr.eq(p)
+        with m.If(lv4):
+            m.d.comb += [d_wr.addr.eq(gi4), d_wr.data.eq(d_rd.data + dprod4), d_wr.en.eq(1)]
+        with m.Elif(pupd1):
+            m.d.comb += [d_wr.addr.eq(pp1), d_wr.data.eq(0), d_wr.en.eq(1)]
+
+        # ---------------------------------------------------------------- host access
+        waddr = reg.addr           # word address
+        win = waddr[14:16]         # 0 registers, 1 WEIGHTS, 2 SAMPLES, 3 OUTPUTS
+        woff = waddr[:14]
+        w_row = woff >> (srow.bit_length() - 1)
+        w_col = woff & (srow - 1)
+        o_row = woff >> (orow.bit_length() - 1)
+        o_col = woff & (orow - 1)
+
+        # weight memory write port: host (idle) or update pass
+        with m.If(uv4):
+            m.d.comb += [w_wr.addr.eq(up4), w_wr.data.eq(w_new4), w_wr.en.eq(1)]
+        with m.Elif(reg.w_en & ~busy & (win == 1) & (woff < P)):
+            m.d.comb += [w_wr.addr.eq(woff), w_wr.data.eq(reg.w_data), w_wr.en.eq(1)]
+
+        # ---------------------------------------------------------------- FSM
+        with m.FSM(name="engine"):
+            with m.State("IDLE"):
+                m.d.comb += [smem_rd[s].addr.eq(w_col) for s in range(B)]
+                m.d.comb += [vmem_rd[s][out_buf].addr.eq(o_col) for s in range(B)]
+                m.d.comb += w_rd.addr.eq(woff)
+                with m.If(start):
+                    with m.If((batch_n == 0) | (batch_n > B)):
+                        m.d.sync += error.eq(1)
+                    with m.Elif(update == 3):
+                        m.d.sync += error.eq(2)
+                    with m.Elif((update == UPDATE["maxnorm"]) & (lr_q == 0)):
+                        m.d.sync += error.eq(3)
+                    with m.Elif((update == UPDATE["sgd"]) & (sgd_cq == 0)):
+                        m.d.sync += error.eq(5)
+                    with m.Else():
+                        m.d.sync += [error.eq(0), busy.eq(1), done.eq(0), cycles.eq(1), mul_busy.eq(0),
+                                     merge_busy.eq(0), loss.eq(0), layer.eq(0), j.eq(0), i.eq(0),
+                                     r.eq(0), fin.eq(0), dmax.eq(0)]
+                        m.next = "FWD"
+            with m.State("FWD"):
+                for s in range(B):
+                    m.d.comb += smem_rd[s].addr.eq(i)
+                    for b in range(2):
+                        m.d.comb += [vmem_rd[s][b].addr.eq(i), rmem_rd[s][b].addr.eq(i)]
+                m.d.comb += fwd_issue.eq(1)
+                with m.If(~stall):
+                    with m.If(bias_slot):
+                        m.d.sync += [i.eq(0), r.eq(0), j.eq(j + 1)]
+                        with m.If(j + 1 == nout):
+                            m.next = "FWD_WAIT"
+                    with m.Elif(r == kin):
+                        m.d.sync += [r.eq(0), i.eq(i + 1)]
+                    with m.Else():
+                        m.d.sync += r.eq(r + 1)
+            with m.State("FWD_WAIT"):
+                with m.If(fin == nout):
+                    m.d.sync += [fin.eq(0), j.eq(0), i.eq(0), r.eq(0)]
+                    with m.If(layer == L - 1):
+                        m.d.sync += [ls.eq(0), lo.eq(0), lr.eq(0)]
+                        m.next = "LOSS"
+                    with m.Else():
+                        m.d.sync += layer.eq(layer + 1)
+                        m.next = "FWD"
+            with m.State("LOSS"):
+                for s in range(B):
+                    m.d.comb += [smem_rd[s].addr.eq(n_in0 + lo), vmem_rd[s][out_buf].addr.eq(lo),
+                                 rmem_rd[s][out_buf].addr.eq(lo)]
+                m.d.comb += loss_issue.eq(1)
+                with m.If(lr == K - 1):
+                    m.d.sync += lr.eq(0)
+                    with m.If(lo == n_out_last - 1):
+                        m.d.sync += [lo.eq(0), ls.eq(ls + 1)]
+                        with m.If(ls == B - 1):
+                            m.d.sync += p.eq(0)
+                            m.next = "LOSS_DRAIN"
+                    with m.Else():
+                        m.d.sync += lo.eq(lo + 1)
+                with m.Else():
+                    m.d.sync += lr.eq(lr + 1)
+            with m.State("LOSS_DRAIN"):
+                with m.If(~(lv1 | lv2 | lv3 | lv4 | lsq2 | lsq3)):
+                    with m.If(update == UPDATE["none"]):
+                        m.next = "DONE"
+                    with m.Else():
+                        m.d.sync += p.eq(0)
+                        m.next = "MAX"
+            with m.State("MAX"):
+                m.d.comb += max_pass.eq(1)
+                m.d.sync += p.eq(p + 1)
+                with m.If(p == P - 1):
+                    m.next = "MAX_DRAIN"
+            with m.State("MAX_DRAIN"):
+                with m.If(~pv1):
+                    m.next = "NORM"
+            with m.State("NORM"):
+                # sh = bitlength(dmax) - NORM_BITS; mn = dmax normalised to NORM_BITS bits
+                bl = Signal(7)
+                for bit in range(48):
+                    with m.If(dmax[bit]):
+                        m.d.comb += bl.eq(bit + 1)
+                sh = (bl.as_signed() - NORM_BITS)
+                m.d.sync += [
+                    shift.eq(sh),
+                    mn.eq(Mux(sh >= 0, dmax >> sh.as_unsigned()[:6], dmax << (-sh).as_unsigned()[:5])),
+                    sgd_shift.eq(fm.delta.frac + sgd_cs - fw - sh),
+                    rem.eq(0), recip.eq(0), div_i.eq(0), p.eq(0),
+                ]
+                with m.If(dmax == 0):
+                    m.next = "DONE"
+                with m.Elif(update == UPDATE["maxnorm"]):
+                    m.next = "DIV"
+                with m.Else():
+                    m.next = "UPD"
+            with m.State("DIV"):
+                # restoring division of 2**RECIP_FRAC by mn, one quotient bit per cycle
+                nbit = (div_i == 0)
+                trial = Cat(nbit, rem)
+                with m.If(trial >= mn):
+                    m.d.sync += [rem.eq(trial - mn), recip.eq(Cat(1, recip))]
+                with m.Else():
+                    m.d.sync += [rem.eq(trial), recip.eq(Cat(0, recip))]
+                m.d.sync += div_i.eq(div_i + 1)
+                with m.If(div_i == RECIP_FRAC):
+                    m.next = "UPD"
+            with m.State("UPD"):
+                m.d.comb += [upd_pass.eq(1), w_rd.addr.eq(p)]
+                m.d.sync += p.eq(p + 1)
+                with m.If(p == P - 1):
+                    m.next = "UPD_DRAIN"
+            with m.State("UPD_DRAIN"):
+                with m.If(~(pv1 | uv2 | uv3 | uv4)):
+                    m.next = "DONE"
+            with m.State("DONE"):
+                m.d.sync += [busy.eq(0), done.eq(1)]
+                m.next = "IDLE"
+
+        # ---------------------------------------------------------------- register file
+        regs_ro = {
+            "ID": Const(ID_MAGIC, 32), "CONFIG_HASH": Const(cfg.hash, 32),
+            "STATUS": Cat(busy, done, Const(0, STATUS_ERROR_SHIFT - 2), error),
+            "FLAGS": flags, "CYCLES": cycles, "LOSS_LO": loss[:32], "LOSS_HI": loss[32:],
+            "MUL_BUSY": mul_busy, "MERGE_BUSY": merge_busy, "K": Const(K, 32),
+            "N_PARAMS": Const(P, 32), "BATCH": Const(B, 32),
+        }
+        regs_rw = {"BATCH_N": batch_n, "UPDATE": update, "LR_Q": lr_q, "SGD_CQ": sgd_cq, "SGD_CS": sgd_cs}
+        rdata = Signal(32)
+        rsel = Signal(2)           # 0 register value, 1 weights, 2 samples, 3 outputs
+        rrow = Signal(range(B + 1))
+        rerr = Signal()
+        werr = Signal()
+        with m.If(reg.r_en):
+            m.d.sync += [rsel.eq(win), rdata.eq(0), rerr.eq(0)]
+            with m.Switch(win):
+                with m.Case(0):
+                    with m.Switch(waddr):
+                        for name, val in {**regs_ro, **regs_rw}.items():
+                            with m.Case(rmap[name].offset >> 2):
+                                m.d.sync += rdata.eq(val.as_signed() if name == "SGD_CS" else val)
+                        with m.Default():
+                            m.d.sync += rerr.eq(1)
+                with m.Case(1):
+                    m.d.sync += rerr.eq(busy | (woff >= P))
+                with m.Case(2):
+                    m.d.sync += [rrow.eq(w_row), rerr.eq(busy | (w_row >= B) | (w_col >= n_in0 + n_out_last))]
+                with m.Case(3):
+                    m.d.sync += [rrow.eq(o_row), rerr.eq(busy | (o_row >= B) | (o_col >= n_out_last))]
+        with m.If(reg.w_en):
+            with m.Switch(win):
+                with m.Case(0):
+                    with m.Switch(waddr):
+                        with m.Case(rmap["CTRL"].offset >> 2):
+                            m.d.comb += [start.eq(reg.w_data[CTRL["start"]]),
+                                         clear_flags.eq(reg.w_data[CTRL["clear_flags"]])]
+                            with m.If(reg.w_data[CTRL["start"]] & busy):
+                                m.d.sync += error.eq(4)
+                        for name, sig in regs_rw.items():
+                            with m.Case(rmap[name].offset >> 2):
+                                with m.If(busy):
+                                    m.d.sync += werr.eq(1)
+                                with m.Else():
+                                    m.d.sync += sig.eq(reg.w_data)
+                        with m.Default():
+                            m.d.sync += werr.eq(1)
+                with m.Case(1):
+                    m.d.sync += werr.eq(busy | (woff >= P))
+                with m.Case(2):
+                    ok = ~busy & (w_row < B) & (w_col < n_in0 + n_out_last)
+                    for s in range(B):
+                        m.d.comb += [smem_wr[s].addr.eq(w_col), smem_wr[s].data.eq(reg.w_data),
+                                     smem_wr[s].en.eq(ok & (w_row == s))]
+                    m.d.sync += werr.eq(~ok)
+                with m.Case(3):
+                    m.d.sync += werr.eq(1)
+        with m.Else():
+            m.d.sync += werr.eq(0)
+        with m.If(~reg.r_en):
+            m.d.sync += rerr.eq(0)
+        flag_terms.append((werr | rerr) << FLAGS["bus_error"])
+        m.d.comb += set_flags.eq(_or_all(flag_terms))
+        samples_data = Array([smem_rd[s].data for s in range(B)])[rrow]
+        outputs_data = Array([vmem_rd[s][out_buf].data for s in range(B)])[rrow]
+        m.d.comb += [
+            reg.r_data.eq(Mux(rerr, 0, Array([rdata, w_rd.data.as_signed(), samples_data, outputs_data])[rsel])),
+            reg.error.eq(rerr | werr),
+        ]
+        return m
