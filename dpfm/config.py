@@ -40,8 +40,9 @@ class Config:
         Number formats (value, weight, grad, deriv).
     idx_bits : int or None
         Width of a parameter index; ``None`` picks the smallest that holds every index.
-    lanes : int
-        Physical multipliers of a :class:`DualScale` (1..k+1); fewer time-share.
+    lanes : int or None
+        Physical multipliers of a :class:`DualScale` (1..k+1); fewer time-share.  ``None``
+        picks ``min(4, k + 1)``.
     use_dsp : bool
         Multiplies must map onto DSP48E1 (signed 25 x 18): formats are checked for it.
     policy : str
@@ -59,7 +60,7 @@ class Config:
     batch: int = 10
     formats: Formats = field(default_factory=lambda: DEFAULT_FORMATS)
     idx_bits: int | None = None
-    lanes: int = 1
+    lanes: int | None = None
     use_dsp: bool = True
     policy: str = "stream"
 
@@ -74,6 +75,8 @@ class Config:
         for a in self.activations:
             if a not in ACTIVATIONS:
                 raise ConfigError(f"unknown activation {a!r}; known: {', '.join(ACTIVATIONS)}")
+        if self.lanes is None and isinstance(self.k, int):
+            object.__setattr__(self, "lanes", min(4, self.k + 1))
         for name in ("k", "batch", "lanes"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int):
