@@ -36,6 +36,7 @@ test: setup
 	$(RUN) pytest -q $(PYTEST_ARGS)
 
 demo: setup
+	mkdir -p build/demo
 	$(RUN) dpfm train --backend numpy --task sum4 --k 16 --epochs 250 --batch 10 --lr 0.01 \
 	    --update maxnorm --seed 0 --json build/demo/run.json --plot build/demo/run.png
 

@@ -120,10 +120,15 @@ def round_shift(x, s: int):
     on Python ints (arbitrary width).
     """
     if s > 0:
-        return (x + (1 << (s - 1))) >> s
+        # (x + 2**(s-1)) >> s, written so that no intermediate overflows int64
+        return ((x >> min(s - 1, 63)) + 1) >> 1
     if s < 0:
         return x << (-s)
     return x
+
+
+#: Widest product (bits_a + bits_b) the int64 reference accepts: leaves 7 bits for sums.
+MAX_PRODUCT_BITS = 56
 
 
 @dataclass(frozen=True)
@@ -155,12 +160,19 @@ class Formats:
         for name in ("value", "weight", "grad", "deriv"):
             if not isinstance(getattr(self, name), FixedFormat):
                 raise TypeError(f"Formats.{name} must be a FixedFormat, not {getattr(self, name)!r}")
+        for name in ("value", "deriv"):
+            f = getattr(self, name)
+            if f.one > f.max_int:
+                raise ValueError(f"Formats.{name} {f} cannot hold 1.0 (largest {f.max_int} / 2**{f.frac})")
+        for name, a, b in self.products():
+            if a + b > MAX_PRODUCT_BITS:
+                raise ValueError(f"formats too wide for exact integer arithmetic: {name} is {a} x {b} "
+                                 f"bits, more than {MAX_PRODUCT_BITS} in all")
 
     @classmethod
     def uniform(cls, fmt: FixedFormat) -> "Formats":
-        """Value, weight and gradient registers in one format; derivatives in 18.16 when it is
-        no wider, else in ``fmt``."""
-        return cls(value=fmt, weight=fmt, grad=fmt, deriv=fmt if fmt.bits < 18 else FixedFormat(18, 16))
+        """Value, weight and gradient registers in one format; derivatives in 18.16."""
+        return cls(value=fmt, weight=fmt, grad=fmt, deriv=FixedFormat(18, 16))
 
     @property
     def delta(self) -> FixedFormat:

@@ -258,7 +258,7 @@ class MLP:
                 else:
                     g = fmt.grad
                     mi, mv, c = merge_layer(a, gi, gv, W, self.offsets[l], R, pol, fmt.weight.frac,
-                                            fmt.value.frac - g.frac, min(g.one, g.max_int),
+                                            fmt.value.frac - g.frac, g.one,
                                             g.min_int, g.max_int)
                     sats["grad"] += int(c)
                     gi_new, gv_new, c = scale_registers(mi, mv, d, fmt.deriv, g)
@@ -435,7 +435,8 @@ def fixed_update(D, lr, update, count, fmt):
     bitlength(m) - 17`` and ``Dn = D >> sh`` (floor; a left shift when ``sh < 0``):
 
     ``maxnorm``:  ``recip = floor(2**35 / (m >> sh))``, ``ratio = round_shift(Dn * recip, 19)``
-    (``|ratio| <= 2**16``, i.e. ``D/m`` in 16 fractional bits), ``upd = round_shift(ratio * lr_q,
+    (``|ratio| <= 2**16 + 1``: ``D/m`` in 16 fractional bits; the floor of ``D >> sh`` can
+    add one for a negative maximum), ``upd = round_shift(ratio * lr_q,
     16)`` with ``lr_q = round(lr * 2**weight.frac)``.
 
     ``sgd``: ``c = 2 * lr / count`` as ``c_q * 2**-cs`` with ``c_q`` in [2**16, 2**17);
