@@ -121,6 +121,8 @@ def round_shift(x, s: int):
     """
     if s > 0:
         # (x + 2**(s-1)) >> s, written so that no intermediate overflows int64
+        if isinstance(x, int):
+            return ((x >> (s - 1)) + 1) >> 1
         return ((x >> min(s - 1, 63)) + 1) >> 1
     if s < 0:
         return x << (-s)
