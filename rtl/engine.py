@@ -11,15 +11,17 @@ One step (``CTRL.start``) runs, for the ``BATCH_N`` samples in the SAMPLES windo
    register slots.  The finished list, the :class:`ActivationUnit`'s ``(a, f'(z))`` and a
    :class:`DualScale` (registers times ``f'(z)``) complete the neuron while the next one
    streams.
-2. **Loss and delta**: per lane, output and register, ``e = sat(y' - y)`` and
-   ``D[idx] += e * g`` into a dense, exact delta memory; ``sum e**2`` into LOSS.
+2. **Loss and delta**: all lanes at once, per output and register slot,
+   ``e = sat(y' - y)`` and ``D_s[idx] += e * g`` into the lane's exact delta bank (the lane's
+   multiplier); ``sum e**2`` into LOSS.  ``D = sum_s D_s`` is formed when read.
 3. **Update** (``UPDATE`` sgd or maxnorm, skipped for none): ``m = max|D|``, normalisation,
-   a restoring divider for ``2**35 / m`` (maxnorm), then one parameter per cycle
+   a restoring divider for ``2**35 / m`` (maxnorm, two quotient bits per cycle), then one
+   parameter per cycle
    ``w -= upd`` exactly as :func:`dpfm.reference.mlp.fixed_update`.
 
 Timing (cycles, ``k_l`` = registers of layer ``l``'s inputs, 0 for the first layer):
 forward ``sum_l n_out_l * (n_in_l * (1 + k_l) + 1) + L * T_barrier``; loss/delta
-``batch * n_out * k + 4``; update ``2 * P + 36 + 12`` (maxnorm) or ``2 * P + 12`` (sgd);
+``n_out * k + 5``; update ``2 * P + 18 + 9`` (maxnorm) or ``2 * P + 9`` (sgd);
 see docs/engine.md.  Bit-exact with ``MLP.step_raw(..., policy="stream")`` in the Config's
 fixed formats.
 """
@@ -27,7 +29,7 @@ fixed formats.
 from __future__ import annotations
 
 from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
-from amaranth.lib import fifo, wiring
+from amaranth.lib import data, fifo, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, connect, flipped
 
@@ -39,13 +41,13 @@ from .activation import ActivationUnit
 from .axi import AXI4LiteSignature, AXI4LiteSlave
 from .dual_scale import DualScale
 from .fixmath import round_shift, round_shift_var, saturate
-from .layouts import registers_layout
+from .layouts import entry_layout, registers_layout
 from .regmap import ADDR_BITS, CTRL, FLAGS, ID_MAGIC, STATUS_ERROR_SHIFT, UPDATE, register_map
 from .topk import TopKMerger
 
 __all__ = ["Engine"]
 
-DELTA_BITS = 56          # exact delta accumulator (saturated to 48 bits when read)
+DELTA_BITS = 56          # exact delta banks (their sum is saturated to 48 bits when read)
 
 
 def _or_all(terms):
@@ -104,26 +106,26 @@ class Engine(wiring.Component):
         m.submodules.wmem = wmem = Memory(shape=wshape, depth=P, init=[])
         w_wr = wmem.write_port()
         w_rd = wmem.read_port(transparent_for=())
-        m.submodules.dmem = dmem = Memory(shape=signed(DELTA_BITS), depth=P, init=[])
-        d_wr = dmem.write_port()
-        d_rd = dmem.read_port(transparent_for=(d_wr,))
+        d_wr, d_rd = [], []                # one delta bank per lane; D = sum of the banks
+        for s in range(B):
+            dmem = Memory(shape=signed(DELTA_BITS), depth=P, init=[])
+            m.submodules[f"dmem{s}"] = dmem
+            d_wr.append(dmem.write_port())
+            d_rd.append(dmem.read_port(transparent_for=(d_wr[-1],)))
         smem_wr, smem_rd, vmem_wr, vmem_rd, rmem_wr, rmem_rd = [], [], [], [], [], []
+        abits = max(1, (maxw - 1).bit_length())
         for s in range(B):
             mem = Memory(shape=vshape, depth=srow, init=[])
             m.submodules[f"smem{s}"] = mem
             smem_wr.append(mem.write_port())
             smem_rd.append(mem.read_port(transparent_for=()))
-            vw, vr, rw, rr = [], [], [], []
-            for b in range(2):
-                vm = Memory(shape=vshape, depth=maxw, init=[])
-                rm = Memory(shape=reg_layout, depth=maxw, init=[])
-                m.submodules[f"vmem{s}_{b}"] = vm
-                m.submodules[f"rmem{s}_{b}"] = rm
-                vw.append(vm.write_port())
-                vr.append(vm.read_port(transparent_for=()))
-                rw.append(rm.write_port())
-                rr.append(rm.read_port(transparent_for=()))
-            vmem_wr.append(vw); vmem_rd.append(vr); rmem_wr.append(rw); rmem_rd.append(rr)
+            # activations and their registers: two buffers (address bit ``abits``: the buffer)
+            vm = Memory(shape=vshape, depth=2 << abits, init=[])
+            rm = Memory(shape=reg_layout, depth=2 << abits, init=[])
+            m.submodules[f"vmem{s}"] = vm
+            m.submodules[f"rmem{s}"] = rm
+            vmem_wr.append(vm.write_port()); vmem_rd.append(vm.read_port(transparent_for=()))
+            rmem_wr.append(rm.write_port()); rmem_rd.append(rm.read_port(transparent_for=()))
 
         # ---------------------------------------------------------------- control registers
         busy = Signal()
@@ -152,6 +154,7 @@ class Engine(wiring.Component):
         t_nout = Array([Const(net[l + 1], 16) for l in range(L)])
         t_kin = Array([Const(0 if l == 0 else cfg.registers(l - 1), 16) for l in range(L)])
         t_off = Array([Const(offs[l], 24) for l in range(L)])
+        t_boff = Array([Const(offs[l] + net[l + 1] * net[l], 24) for l in range(L)])   # b[0]
         t_act = Array([Const(ACT_CODES[a], 2) for a in cfg.activations])
         layer = Signal(range(max(L, 2)))
         nin, nout, kin, off, act = t_nin[layer], t_nout[layer], t_kin[layer], t_off[layer], t_act[layer]
@@ -191,24 +194,34 @@ class Engine(wiring.Component):
         v3 = Signal(); kind3 = Signal(2)
         fwd_issue = Signal()
         loss_issue = Signal()
-        lo = Signal(16); ls = Signal(range(B + 1)); lr = Signal(16)
+        lo = Signal(16); lr = Signal(16)
 
+        # W[j, 0] of the current neuron, stepped by n_in per neuron (no multiplier)
+        wbase = Signal(24)
         bias_slot = i == nin
         with m.If(bias_slot):
-            m.d.comb += w_rd.addr.eq(off + nout * nin + j)
+            m.d.comb += w_rd.addr.eq(t_boff[layer] + j)
         with m.Else():
-            m.d.comb += w_rd.addr.eq(off + j * nin + i)
+            m.d.comb += w_rd.addr.eq(wbase + i)
 
         # per-lane datapath
         flag_terms = []
+        d_delta_ports = []
+        lane_g1 = []
         for s in range(B):
             # stage 1: memory data
             a1 = Signal(vshape)
-            m.d.comb += a1.eq(Mux(layer == 0, smem_rd[s].data,
-                                  Mux(rd_buf, vmem_rd[s][1].data, vmem_rd[s][0].data)))
-            regs1 = Mux(rd_buf, rmem_rd[s][1].data.as_value(), rmem_rd[s][0].data.as_value())
+            m.d.comb += a1.eq(Mux(layer == 0, smem_rd[s].data, vmem_rd[s].data))
+            regs1 = rmem_rd[s].data.as_value()
             regs1v = reg_layout(regs1)
-            g1 = regs1v[rr1[:max(1, (K - 1).bit_length())]] if K > 1 else regs1v[0]
+            # register slot rr1 of the word: an explicit K-way multiplexer (indexing the view
+            # with a signal would build a shifter over the whole word)
+            sel = rr1[:max(1, (K - 1).bit_length())]
+            ew = entry_layout(cfg).size
+            pw = 1 << (ew - 1).bit_length()          # entries padded to a power of two
+            padded = Cat(*[Cat(regs1v[t].as_value(), Const(0, pw - ew)) for t in range(K)])
+            g1 = entry_layout(cfg)(padded.word_select(sel, pw)[:ew])
+            lane_g1.append(g1)
             newv1, newsat1 = saturate(round_shift(a1, fv - fg), fm.grad)
             # stage 2 registers
             opa2 = Signal(wshape); opb2 = Signal(vshape if fm.value.bits >= fm.grad.bits else gshape)
@@ -276,13 +289,12 @@ class Engine(wiring.Component):
                 ds.o.ready.eq(1),
                 vf.r_en.eq(ds.o.valid),
             ]
-            for b in range(2):
-                m.d.comb += [
-                    vmem_wr[s][b].addr.eq(fin), vmem_wr[s][b].data.eq(vf.r_data),
-                    vmem_wr[s][b].en.eq(ds.o.valid & (wr_buf == b)),
-                    rmem_wr[s][b].addr.eq(fin), rmem_wr[s][b].data.eq(ds.o.payload.grads),
-                    rmem_wr[s][b].en.eq(ds.o.valid & (wr_buf == b)),
-                ]
+            m.d.comb += [
+                vmem_wr[s].addr.eq(Cat(fin[:abits], wr_buf)), vmem_wr[s].data.eq(vf.r_data),
+                vmem_wr[s].en.eq(ds.o.valid),
+                rmem_wr[s].addr.eq(Cat(fin[:abits], wr_buf)), rmem_wr[s].data.eq(ds.o.payload.grads),
+                rmem_wr[s].en.eq(ds.o.valid),
+            ]
             flag_terms.append(Mux(lane_active[s], lane_sat | ((mg.sat | ds.sat) << FLAGS["sat_grad"]), 0))
 
         m.d.comb += stall.eq(Cat((mg.i.valid & ~mg.i.ready) | (au.i.valid & ~au.i.ready)
@@ -299,9 +311,9 @@ class Engine(wiring.Component):
             m.d.sync += [
                 v1.eq(fwd_issue),
                 kind1.eq(Mux(bias_slot, KIND_BIAS, Mux(r == 0, KIND_NEW, KIND_REG))),
-                rr1.eq(r - 1),
-                idxn1.eq(off + j * nin + i),
-                idxb1.eq(off + nout * nin + j),
+                rr1.eq(Mux(loss_issue, lr, r - 1)),
+                idxn1.eq(wbase + i),
+                idxb1.eq(t_boff[layer] + j),
                 v2.eq(v1), kind2.eq(kind1),
                 v3.eq(v2), kind3.eq(kind2),
             ]
@@ -309,34 +321,36 @@ class Engine(wiring.Component):
         rd_en = ~stall
         for s in range(B):
             m.d.comb += smem_rd[s].en.eq(rd_en)
-            for b in range(2):
-                m.d.comb += [vmem_rd[s][b].en.eq(rd_en), rmem_rd[s][b].en.eq(rd_en)]
+            m.d.comb += [vmem_rd[s].en.eq(rd_en), rmem_rd[s].en.eq(rd_en)]
         m.d.comb += w_rd.en.eq(rd_en)
 
         # ---------------------------------------------------------------- loss / delta datapath
-        lv1 = Signal(); ls1 = Signal(range(B + 1)); lr1 = Signal(16)
-        lv2 = Signal(); lsq2 = Signal(); e2 = Signal(vshape); g2 = Signal(gshape); gi2 = Signal(cfg.idx_bits)
-        lv3 = Signal(); lsq3 = Signal(); dprod3 = Signal(signed(vshape.width + gshape.width))
-        sq3 = Signal(signed(2 * vshape.width)); gi3 = Signal(cfg.idx_bits)
-        lv4 = Signal(); dprod4 = Signal.like(dprod3); gi4 = Signal(cfg.idx_bits)
-        a_l = Array([vmem_rd[s][out_buf].data for s in range(B)])[ls1]
-        y_l = Array([smem_rd[s].data for s in range(B)])[ls1]
-        regs_l = reg_layout(Array([rmem_rd[s][out_buf].data.as_value() for s in range(B)])[ls1])
-        g_l = regs_l[lr1[:max(1, (K - 1).bit_length())]] if K > 1 else regs_l[0]
-        e_l, esat_l = saturate(a_l - y_l, fm.value)
-        active_l = Array([lane_active[s] for s in range(B)])[ls1]
-        m.d.sync += [
-            lv1.eq(loss_issue), ls1.eq(ls), lr1.eq(lr),
-            lv2.eq(lv1 & active_l & (g_l.val != 0) & (update != UPDATE["none"])),
-            lsq2.eq(lv1 & active_l & (lr1 == 0)),
-            e2.eq(e_l), g2.eq(g_l.val), gi2.eq(g_l.idx),
-            lv3.eq(lv2), lsq3.eq(lsq2), dprod3.eq(e2 * g2), sq3.eq(e2 * e2), gi3.eq(gi2),
-            lv4.eq(lv3), dprod4.eq(dprod3), gi4.eq(gi3),
-        ]
-        flag_terms.append((lv1 & active_l & (lr1 == 0) & esat_l) << FLAGS["sat_value"])
+        # every lane at once: e = sat(y' - y); bank_s[idx] += e * g; loss += sum_s e**2
+        lv1 = Signal(); lr1 = Signal(16); lsq2 = Signal(); lsq3 = Signal()
+        lv2 = Signal(B); lv3 = Signal(B); lv4 = Signal(B)
+        sq_terms = []
+        for s in range(B):
+            g_l = lane_g1[s]            # the forward's register select, rr1 = lr1 in this phase
+            e_l, esat_l = saturate(vmem_rd[s].data - smem_rd[s].data, fm.value)
+            e2 = Signal(vshape, name=f"e2_{s}"); g2 = Signal(gshape, name=f"g2_{s}")
+            gi2 = Signal(cfg.idx_bits, name=f"gi2_{s}")
+            dprod3 = Signal(signed(vshape.width + gshape.width), name=f"dprod3_{s}")
+            sq3 = Signal(signed(2 * vshape.width), name=f"sq3_{s}")
+            gi3 = Signal(cfg.idx_bits, name=f"gi3_{s}")
+            dprod4 = Signal.like(dprod3, name=f"dprod4_{s}"); gi4 = Signal(cfg.idx_bits, name=f"gi4_{s}")
+            m.d.sync += [
+                lv2[s].eq(lv1 & lane_active[s] & (g_l.val != 0) & (update != UPDATE["none"])),
+                e2.eq(e_l), g2.eq(g_l.val), gi2.eq(g_l.idx),
+                lv3[s].eq(lv2[s]), dprod3.eq(e2 * g2), sq3.eq(Mux(lane_active[s], e2 * e2, 0)), gi3.eq(gi2),
+                lv4[s].eq(lv3[s]), dprod4.eq(dprod3), gi4.eq(gi3),
+            ]
+            flag_terms.append((lv1 & lane_active[s] & (lr1 == 0) & esat_l) << FLAGS["sat_value"])
+            sq_terms.append(sq3)
+            d_delta_ports.append((gi3, gi4, dprod4))
+        m.d.sync += [lv1.eq(loss_issue), lr1.eq(lr), lsq2.eq(lv1 & (lr1 == 0)), lsq3.eq(lsq2)]
         with m.If(lsq3):
-            m.d.sync += loss.eq(loss + sq3)
-        with m.If(lv2):
+            m.d.sync += loss.eq(loss + sum(sq_terms))
+        with m.If(lv2.any()):
             m.d.sync += mul_busy.eq(mul_busy + 1)
 
         # ---------------------------------------------------------------- update datapath
@@ -351,7 +365,9 @@ class Engine(wiring.Component):
         sgd_shift = Signal(8)
         max_pass = Signal()
         upd_pass = Signal()
-        d_sat, d_ovf = saturate(d_rd.data, fm.delta)
+        d_total = Signal(signed(DELTA_BITS + 4))
+        m.d.comb += d_total.eq(sum(rp.data for rp in d_rd))
+        d_sat, d_ovf = saturate(d_total, fm.delta)
         d_abs = Mux(d_sat < 0, -d_sat, d_sat)[:48]
         # Dn = D >> sh (floor) or D << -sh
         dn1 = Signal(signed(NORM_BITS + 2))
@@ -367,7 +383,7 @@ class Engine(wiring.Component):
             uv2.eq(pupd1), up2.eq(pp1), dn2.eq(dn1), w2.eq(w_rd.data),
             uv3.eq(uv2), up3.eq(up2), prod_u3.eq(dn2 * mult3), w3.eq(w2),
             uv4.eq(uv3), up4.eq(up3), w4.eq(w3),
-            prod_u4.eq(ratio3 * lr_q),
+            prod_u4.eq(ratio3[:RATIO_FRAC + 2].as_signed() * lr_q),   # |ratio| <= 2**16 + 1
             sgdupd4.eq(round_shift_var(prod_u3, sgd_shift, 127)),
         ]
         upd4 = Mux(update == UPDATE["maxnorm"], round_shift(prod_u4, RATIO_FRAC), sgdupd4)
@@ -377,15 +393,17 @@ class Engine(wiring.Component):
         flag_terms.append((pmax1 & d_ovf) << FLAGS["sat_delta"])
         flag_terms.append((uv4 & w_ovf4) << FLAGS["sat_weight"])
 
-        # delta memory ports
-        with m.If(lv3):
-            m.d.comb += d_rd.addr.eq(gi3)
-        with m.Else():
-            m.d.comb += d_rd.addr.eq(p)
-        with m.If(lv4):
-            m.d.comb += [d_wr.addr.eq(gi4), d_wr.data.eq(d_rd.data + dprod4), d_wr.en.eq(1)]
-        with m.Elif(pupd1):
-            m.d.comb += [d_wr.addr.eq(pp1), d_wr.data.eq(0), d_wr.en.eq(1)]
+        # delta bank ports: accumulate in the loss phase, read and clear in the update passes
+        for s in range(B):
+            gi3, gi4, dprod4 = d_delta_ports[s]
+            with m.If(lv3[s]):
+                m.d.comb += d_rd[s].addr.eq(gi3)
+            with m.Else():
+                m.d.comb += d_rd[s].addr.eq(p)
+            with m.If(lv4[s]):
+                m.d.comb += [d_wr[s].addr.eq(gi4), d_wr[s].data.eq(d_rd[s].data + dprod4), d_wr[s].en.eq(1)]
+            with m.Elif(pupd1):
+                m.d.comb += [d_wr[s].addr.eq(pp1), d_wr[s].data.eq(0), d_wr[s].en.eq(1)]
 
         # ---------------------------------------------------------------- host access
         waddr = reg.addr           # word address
@@ -406,7 +424,7 @@ class Engine(wiring.Component):
         with m.FSM(name="engine"):
             with m.State("IDLE"):
                 m.d.comb += [smem_rd[s].addr.eq(w_col) for s in range(B)]
-                m.d.comb += [vmem_rd[s][out_buf].addr.eq(o_col) for s in range(B)]
+                m.d.comb += [vmem_rd[s].addr.eq(Cat(o_col[:abits], out_buf)) for s in range(B)]
                 m.d.comb += w_rd.addr.eq(woff)
                 with m.If(start):
                     with m.If((batch_n == 0) | (batch_n > B)):
@@ -420,17 +438,17 @@ class Engine(wiring.Component):
                     with m.Else():
                         m.d.sync += [error.eq(0), busy.eq(1), done.eq(0), cycles.eq(1), mul_busy.eq(0),
                                      merge_busy.eq(0), loss.eq(0), layer.eq(0), j.eq(0), i.eq(0),
-                                     r.eq(0), fin.eq(0), dmax.eq(0)]
+                                     r.eq(0), fin.eq(0), dmax.eq(0), wbase.eq(offs[0])]
                         m.next = "FWD"
             with m.State("FWD"):
                 for s in range(B):
                     m.d.comb += smem_rd[s].addr.eq(i)
-                    for b in range(2):
-                        m.d.comb += [vmem_rd[s][b].addr.eq(i), rmem_rd[s][b].addr.eq(i)]
+                    m.d.comb += [vmem_rd[s].addr.eq(Cat(i[:abits], rd_buf)),
+                                 rmem_rd[s].addr.eq(Cat(i[:abits], rd_buf))]
                 m.d.comb += fwd_issue.eq(1)
                 with m.If(~stall):
                     with m.If(bias_slot):
-                        m.d.sync += [i.eq(0), r.eq(0), j.eq(j + 1)]
+                        m.d.sync += [i.eq(0), r.eq(0), j.eq(j + 1), wbase.eq(wbase + nin)]
                         with m.If(j + 1 == nout):
                             m.next = "FWD_WAIT"
                     with m.Elif(r == kin):
@@ -441,29 +459,27 @@ class Engine(wiring.Component):
                 with m.If(fin == nout):
                     m.d.sync += [fin.eq(0), j.eq(0), i.eq(0), r.eq(0)]
                     with m.If(layer == L - 1):
-                        m.d.sync += [ls.eq(0), lo.eq(0), lr.eq(0)]
+                        m.d.sync += [lo.eq(0), lr.eq(0)]
                         m.next = "LOSS"
                     with m.Else():
-                        m.d.sync += layer.eq(layer + 1)
+                        m.d.sync += [layer.eq(layer + 1), wbase.eq(t_off[layer + 1])]
                         m.next = "FWD"
             with m.State("LOSS"):
                 for s in range(B):
-                    m.d.comb += [smem_rd[s].addr.eq(n_in0 + lo), vmem_rd[s][out_buf].addr.eq(lo),
-                                 rmem_rd[s][out_buf].addr.eq(lo)]
+                    m.d.comb += [smem_rd[s].addr.eq(n_in0 + lo), vmem_rd[s].addr.eq(Cat(lo[:abits], out_buf)),
+                                 rmem_rd[s].addr.eq(Cat(lo[:abits], out_buf))]
                 m.d.comb += loss_issue.eq(1)
                 with m.If(lr == K - 1):
                     m.d.sync += lr.eq(0)
                     with m.If(lo == n_out_last - 1):
-                        m.d.sync += [lo.eq(0), ls.eq(ls + 1)]
-                        with m.If(ls == B - 1):
-                            m.d.sync += p.eq(0)
-                            m.next = "LOSS_DRAIN"
+                        m.d.sync += [lo.eq(0), p.eq(0)]
+                        m.next = "LOSS_DRAIN"
                     with m.Else():
                         m.d.sync += lo.eq(lo + 1)
                 with m.Else():
                     m.d.sync += lr.eq(lr + 1)
             with m.State("LOSS_DRAIN"):
-                with m.If(~(lv1 | lv2 | lv3 | lv4 | lsq2 | lsq3)):
+                with m.If(~(lv1 | lv2.any() | lv3.any() | lv4.any() | lsq2 | lsq3)):
                     with m.If(update == UPDATE["none"]):
                         m.next = "DONE"
                     with m.Else():
@@ -497,15 +513,15 @@ class Engine(wiring.Component):
                 with m.Else():
                     m.next = "UPD"
             with m.State("DIV"):
-                # restoring division of 2**RECIP_FRAC by mn, one quotient bit per cycle
-                nbit = (div_i == 0)
-                trial = Cat(nbit, rem)
-                with m.If(trial >= mn):
-                    m.d.sync += [rem.eq(trial - mn), recip.eq(Cat(1, recip))]
-                with m.Else():
-                    m.d.sync += [rem.eq(trial), recip.eq(Cat(0, recip))]
-                m.d.sync += div_i.eq(div_i + 1)
-                with m.If(div_i == RECIP_FRAC):
+                # restoring division of 2**RECIP_FRAC by mn, two quotient bits per cycle
+                trial1 = Cat(div_i == 0, rem)
+                q1 = trial1 >= mn
+                rem1 = Mux(q1, trial1 - mn, trial1)[:len(rem)]
+                trial2 = Cat(Const(0, 1), rem1)
+                q2 = trial2 >= mn
+                rem2 = Mux(q2, trial2 - mn, trial2)
+                m.d.sync += [rem.eq(rem2), recip.eq(Cat(q2, q1, recip)), div_i.eq(div_i + 1)]
+                with m.If(div_i == (RECIP_FRAC + 1) // 2 - 1):
                     m.next = "UPD"
             with m.State("UPD"):
                 m.d.comb += [upd_pass.eq(1), w_rd.addr.eq(p)]
@@ -583,7 +599,7 @@ class Engine(wiring.Component):
         flag_terms.append((werr | rerr) << FLAGS["bus_error"])
         m.d.comb += set_flags.eq(_or_all(flag_terms))
         samples_data = Array([smem_rd[s].data for s in range(B)])[rrow]
-        outputs_data = Array([vmem_rd[s][out_buf].data for s in range(B)])[rrow]
+        outputs_data = Array([vmem_rd[s].data for s in range(B)])[rrow]
         m.d.comb += [
             reg.r_data.eq(Mux(rerr, 0, Array([rdata, w_rd.data.as_signed(), samples_data, outputs_data])[rsel])),
             reg.error.eq(rerr | werr),
