@@ -112,6 +112,10 @@ def _add_run_arguments(p, sweep: bool):
                    help="pruning order: exact (the definition) or stream (the hardware's); "
                         "default exact for numpy, stream for fixed and the hardware backends, "
                         "which model the hardware exactly")
+    if not sweep:
+        p.add_argument("--save", metavar="CKPT",
+                       help="hardware backends: write a checkpoint after every epoch (atomically)")
+        p.add_argument("--resume", metavar="CKPT", help="hardware backends: continue from a checkpoint")
     p.add_argument("--json", metavar="FILE", help="write the result as JSON")
     p.add_argument("--plot", metavar="FILE.png", help="write a plot (.png, .pdf, .svg, ...)")
     if sweep:
@@ -162,6 +166,8 @@ def _check_outputs(args):
         runs.check_output_path(args.plot, "--plot")
     if args.json is not None:
         runs.check_output_path(args.json, "--json")
+    if getattr(args, "save", None) is not None:
+        runs.check_output_path(args.save, "--save")
     if args.json is not None and args.plot is not None and \
             os.path.abspath(args.json) == os.path.abspath(args.plot):
         raise ValueError(f"--json and --plot name the same file {args.json}")
@@ -205,7 +211,8 @@ def _summary(r) -> str:
 
 def cmd_train(args) -> int:
     try:
-        config = {**_base_config(args), "k": args.k, "corpus": args.corpus}
+        config = {**_base_config(args), "k": args.k, "corpus": args.corpus,
+                  "save": args.save, "resume": args.resume}
         prep = runs.prepare(config)
         _check_outputs(args)
     except INPUT_ERRORS as e:

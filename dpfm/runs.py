@@ -74,7 +74,7 @@ __all__ = ["run", "prepare", "execute", "run_many", "sweep_configs", "Prepared",
 DEFAULT_CONFIG = {
     "backend": "numpy", "task": "sum4", "data": None, "corpus": None, "net": None,
     "activations": None, "k": 16, "epochs": None, "batch": 10, "lr": None, "update": None,
-    "policy": None, "seed": 0, "fixed": None,
+    "policy": None, "seed": 0, "fixed": None, "save": None, "resume": None,
 }
 
 
@@ -128,6 +128,10 @@ class ReferenceBackend:
             raise ValueError(f"bad fixed format {spec['fixed']!r} (--fixed BITS.FRAC): {e}") from None
 
     def check(self, spec):
+        for key in ("save", "resume"):
+            if spec.get(key) is not None:
+                raise ValueError(f"--{key} needs a hardware backend (verilator or pynq), "
+                                 f"not {spec['backend']!r}")
         if not self.fixed and spec["fixed"] is not None:
             raise ValueError(f"fixed={spec['fixed']!r} (--fixed) applies only to the fixed backend, "
                              f"not to {spec['backend']!r}")

@@ -1,0 +1,260 @@
+"""``FixedTransport``: the engine's bus, register by register, computing with the reference.
+
+The transport answers the engine's register map (:func:`dpfm.rtl.regmap.register_map`) with
+the engine's access rules: writes to read-only, unmapped or padding words answer SLVERR and
+change nothing, and so do reads of unmapped, padding and write-only (CTRL) words; the windows
+and the read-write registers answer SLVERR while a step runs; every refused access raises the
+sticky ``bus_error`` flag; a start with an inconsistent configuration is refused with an
+error code in STATUS[15:8] (done keeps its value); the read-write registers keep the bits the
+engine stores (:func:`rw_bits`) and reset to the engine's values.
+
+What a step computes is not modelled here: it is :meth:`dpfm.reference.MLP.step_raw` in the
+Config's fixed formats with the hardware's pruning policy, the project's single oracle.  So
+the :class:`~dpfm.host.Trainer` code that drives the board and the Verilator model is
+exercised unchanged against the reference.
+
+Clock cycles are not modelled: CYCLES, MUL_BUSY and MERGE_BUSY read 0.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from dpfm.reference import MLP
+from dpfm.reference.mlp import NORM_BITS
+from dpfm.rtl.regmap import CTRL, FLAGS, ID_MAGIC, STATUS, STATUS_ERROR_SHIFT, UPDATE
+
+from .transport import BusError, Transport
+
+__all__ = ["FixedTransport", "sign_extend", "rw_bits"]
+
+_RESP_SLVERR = 2
+_UPDATE_NAMES = {v: k for k, v in UPDATE.items()}
+
+
+def rw_bits(config) -> dict:
+    """Bits the engine stores of each read-write register: ``name -> (bits, signed)``."""
+    return {"BATCH_N": (config.batch.bit_length(), False), "UPDATE": (2, False),
+            "LR_Q": (config.formats.weight.bits, False), "SGD_CQ": (NORM_BITS + 1, False),
+            "SGD_CS": (8, True)}
+
+
+def _rw_reset(config) -> dict:
+    return {"BATCH_N": config.batch, "UPDATE": UPDATE["maxnorm"], "LR_Q": 0, "SGD_CQ": 0, "SGD_CS": 0}
+
+
+def sign_extend(word: int, bits: int) -> int:
+    """The low ``bits`` of ``word`` as a two's complement integer."""
+    word &= (1 << bits) - 1
+    return word - (1 << bits) if word >> (bits - 1) else word
+
+
+class _Refused(Exception):
+    """An access the engine answers with SLVERR."""
+
+
+class FixedTransport(Transport):
+    """A register-level model of the engine's bus whose steps are the reference's.
+
+    Parameters
+    ----------
+    config : dpfm.config.Config
+        The engine modelled: register map, formats, k, pruning policy, batch lanes.
+    busy_reads : int
+        After a start, STATUS reads busy this many times before the step is seen done (the
+        result is computed at once): lets tests exercise the polling loop and the
+        while-busy rules.  Default 0.
+    report_hash : int, optional
+        Value of the CONFIG_HASH register; defaults to ``config.hash`` (tests use another
+        value to model a mismatched engine).
+    """
+
+    name = "fixed"
+    counts_cycles = False
+
+    def __init__(self, config, *, busy_reads: int = 0, report_hash: int | None = None):
+        super().__init__(config)
+        self.busy_reads = int(busy_reads)
+        self.report_hash = config.hash if report_hash is None else int(report_hash)
+        self._net = MLP(config.net, config.activations)
+        m = self.regmap
+        self._regs_by_offset = {r.offset: r for r in m.registers}
+        self._windows = m.windows
+        self._row_used = {"WEIGHTS": 1, "SAMPLES": config.n_in + config.n_out, "OUTPUTS": config.n_out}
+        self._mask = m.size - 1
+        self.reset()
+
+    # -- state ----------------------------------------------------------------------------
+    def reset(self) -> None:
+        cfg = self.config
+        self._rw_bits = rw_bits(cfg)
+        self._rw = _rw_reset(cfg)
+        self._status = 0
+        self._busy_left = 0
+        self._flags = 0
+        self._loss = 0
+        self._store = {w.name: np.zeros(w.length, dtype=np.int64) for w in self._windows}
+        self._ro = {"ID": ID_MAGIC, "CONFIG_HASH": self.report_hash, "CYCLES": 0, "MUL_BUSY": 0,
+                    "MERGE_BUSY": 0, "K": cfg.k, "N_PARAMS": cfg.n_params, "BATCH": cfg.batch}
+        self.steps = 0
+
+    def _busy(self) -> bool:
+        return self._busy_left > 0
+
+    def _locate(self, addr):
+        """``(register, None)``, ``(window, index)`` or ``(None, None)`` for a byte address."""
+        addr = (int(addr) & self._mask) & ~3
+        reg = self._regs_by_offset.get(addr)
+        if reg is not None:
+            return reg, None
+        for w in self._windows:
+            if w.base <= addr < w.base + 4 * w.length:
+                index = (addr - w.base) // 4
+                if index % w.row_words >= self._row_used[w.name]:
+                    return None, None            # padding at the end of a row
+                return w, index
+        return None, None
+
+    def _element_bits(self, window) -> int:
+        f = self.config.formats
+        return f.weight.bits if window.name == "WEIGHTS" else f.value.bits
+
+    # -- bus ------------------------------------------------------------------------------
+    def read(self, addr: int) -> int:
+        try:
+            return self._read(addr) & 0xFFFFFFFF
+        except _Refused:
+            self._flags |= 1 << FLAGS["bus_error"]
+            raise BusError(addr, _RESP_SLVERR, write=False, name=self._name(addr)) from None
+
+    def write(self, addr: int, value: int) -> None:
+        try:
+            self._write(addr, int(value) & 0xFFFFFFFF)
+        except _Refused:
+            self._flags |= 1 << FLAGS["bus_error"]
+            raise BusError(addr, _RESP_SLVERR, write=True, name=self._name(addr)) from None
+
+    def _name(self, addr):
+        target, index = self._locate(addr)
+        if target is None:
+            return "unmapped"
+        return target.name if index is None else f"{target.name}[{index}]"
+
+    def _read(self, addr):
+        target, index = self._locate(addr)
+        if target is None:
+            raise _Refused
+        if index is not None:
+            if self._busy():
+                raise _Refused
+            return int(self._store[target.name][index])
+        name = target.name
+        if name == "STATUS":
+            status = self._status
+            if self._busy_left > 0:
+                self._busy_left -= 1
+                status = (status & ~(1 << STATUS["done"])) | (1 << STATUS["busy"])
+            return status
+        if name == "FLAGS":
+            return self._flags
+        if name == "LOSS_LO":
+            return self._loss & 0xFFFFFFFF
+        if name == "LOSS_HI":
+            return (self._loss >> 32) & 0xFFFFFFFF
+        if name in self._rw:
+            return self._rw[name] & 0xFFFFFFFF
+        if name in self._ro:
+            return self._ro[name]
+        raise _Refused                            # write-only (CTRL)
+
+    def _write(self, addr, value):
+        target, index = self._locate(addr)
+        if target is None or target.access == "ro":
+            raise _Refused
+        if index is not None:
+            if self._busy():
+                raise _Refused
+            self._store[target.name][index] = sign_extend(value, self._element_bits(target))
+            return
+        if target.name == "CTRL":
+            if value >> CTRL["clear_flags"] & 1:
+                self._flags = 0
+            if value >> CTRL["start"] & 1:
+                self._start()
+            return
+        if self._busy():
+            raise _Refused
+        bits, signed = self._rw_bits[target.name]
+        self._rw[target.name] = sign_extend(value, bits) if signed else value & ((1 << bits) - 1)
+
+    # -- a step ---------------------------------------------------------------------------
+    def _refuse(self, code):
+        done = self._status & (1 << STATUS["done"])
+        self._status = done | code << STATUS_ERROR_SHIFT
+
+    def _start(self):
+        cfg, rw = self.config, self._rw
+        if self._busy():
+            self._refuse(4)
+            return
+        n = rw["BATCH_N"]
+        if not 1 <= n <= cfg.batch:
+            self._refuse(1)
+            return
+        update = _UPDATE_NAMES.get(rw["UPDATE"])
+        if update is None:
+            self._refuse(2)
+            return
+        fmt = cfg.formats
+        count = n * cfg.n_out
+        if update == "maxnorm":
+            if rw["LR_Q"] == 0:
+                self._refuse(3)
+                return
+            # lr_quantize(lr_q / 2**weight.frac) == lr_q: the reference sees the register.
+            lr = rw["LR_Q"] / float(1 << fmt.weight.frac)
+        elif update == "sgd":
+            if rw["SGD_CQ"] == 0:
+                self._refuse(5)
+                return
+            # sgd_scale(lr, count) == (SGD_CQ, SGD_CS) up to normalisation, which leaves the
+            # update unchanged: the reference sees the registers' scale exactly.
+            lr = rw["SGD_CQ"] * 2.0 ** -rw["SGD_CS"] * count / 2.0
+        else:
+            lr = 1.0
+        self._compute(n, update, lr)
+        self._status = 1 << STATUS["done"]
+        self._busy_left = self.busy_reads
+        self.steps += 1
+
+    def _compute(self, n, update, lr):
+        cfg = self.config
+        rows = self.regmap["SAMPLES"].row_words
+        samples = self._store["SAMPLES"].reshape(cfg.batch, rows)[:n]
+        Xq = samples[:, :cfg.n_in].copy()
+        yq = samples[:, cfg.n_in:cfg.n_in + cfg.n_out].copy()
+        params = self._store["WEIGHTS"]
+        st = self._net.step_raw(Xq, yq, params, cfg.k, lr, "maxnorm" if update == "none" else update,
+                                cfg.formats, cfg.policy)
+        sats = st.saturations
+        raised = {"sat_value": sats.get("value", 0), "sat_grad": sats.get("grad", 0)}
+        if update != "none":
+            raised.update(sat_delta=sats.get("delta", 0), sat_weight=sats.get("weight", 0))
+            self._store["WEIGHTS"] = np.asarray(st.params, dtype=np.int64).copy()
+        for flag, events in raised.items():
+            if events:
+                self._flags |= 1 << FLAGS[flag]
+        err = np.asarray(st.error, dtype=np.int64)
+        self._loss = int(sum(int(e) * int(e) for e in err.ravel()))
+        orows = self.regmap["OUTPUTS"].row_words
+        out = self._store["OUTPUTS"].reshape(cfg.batch, orows)
+        out[:n, :cfg.n_out] = np.asarray(st.forward.value, dtype=np.int64)
+
+
+def __getattr__(name):
+    # ``backend``: this transport's ``dpfm train`` backend (dpfm.runs' LazyBackend looks it up).
+    if name == "backend":
+        from .cli_backend import BACKENDS
+
+        return BACKENDS["fixed"]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,171 @@
+"""The one interface every way of reaching the engine's AXI4-Lite bus implements.
+
+A :class:`Transport` reads and writes 32-bit words at byte offsets of the engine's register
+map (:func:`dpfm.rtl.regmap.register_map`).  Everything above it (register programming,
+sample streaming, readback, the training loop) lives once, in :class:`dpfm.host.Trainer`.
+The transports are the fixed-point reference model of the bus
+(:class:`~dpfm.host.fixed.FixedTransport`), the compiled Verilator model
+(:class:`~dpfm.host.verilator.VerilatorTransport`) and the board
+(:class:`~dpfm.host.pynq.PynqTransport`).
+"""
+
+from __future__ import annotations
+
+import abc
+import time
+from collections.abc import Sequence
+
+from dpfm.rtl.regmap import CTRL, STATUS, STATUS_ERROR_SHIFT, register_map
+
+__all__ = ["Transport", "TransportError", "BusError", "TransportTimeout", "TransportUnavailable",
+           "HardwareMismatch",
+           "RESP_NAMES", "BUSY_MASK", "READY_MASK", "START"]
+
+#: AXI response codes by name.
+RESP_NAMES = {0: "OKAY", 1: "EXOKAY", 2: "SLVERR", 3: "DECERR"}
+#: STATUS bits that say a step is running.
+BUSY_MASK = 1 << STATUS["busy"]
+#: STATUS bits of which one is set when a started step has ended: done, or an error code.
+READY_MASK = (1 << STATUS["done"]) | (0xFF << STATUS_ERROR_SHIFT)
+#: CTRL value that starts a step.
+START = 1 << CTRL["start"]
+
+
+class TransportError(RuntimeError):
+    """Base of the errors a transport raises."""
+
+
+class BusError(TransportError):
+    """The engine answered an access with an error response (SLVERR or DECERR).
+
+    Members
+    -------
+    addr : int or None
+        Byte offset of the access (None when only the engine's ``bus_error`` flag tells).
+    resp : int
+        AXI response code.
+    write : bool
+        True for a write.
+    """
+
+    def __init__(self, addr: int | None, resp: int, *, write: bool, name: str | None = None):
+        self.addr, self.resp, self.write = addr, resp, write
+        if addr is None:            # known only from the engine's sticky bus_error flag
+            what = name or "an access"
+        else:
+            what = f"{'write to' if write else 'read of'} 0x{addr:05x}" + (f" ({name})" if name else "")
+        super().__init__(f"{what} answered {RESP_NAMES.get(resp, resp)}")
+
+
+class TransportTimeout(TransportError):
+    """The engine did not finish (or the bus did not answer) in time."""
+
+
+class TransportUnavailable(TransportError, ValueError):
+    """The transport cannot be opened here; the message names exactly what is missing.
+
+    A ValueError too, so command lines report it as a bad request (one line, exit code 2).
+    """
+
+
+class HardwareMismatch(TransportError, ValueError):
+    """The engine reached is not the one the Config describes (the message names the expected
+    and the found identity).  A ValueError too, as :class:`TransportUnavailable`."""
+
+
+class Transport(abc.ABC):
+    """32-bit register access to one engine.
+
+    Parameters
+    ----------
+    config : dpfm.config.Config
+        The configuration the caller expects the engine to be built for; it fixes the register
+        map the transport's helpers use.  Whether the engine really is that one is checked by
+        :class:`dpfm.host.Trainer` (ID and CONFIG_HASH registers), not here.
+
+    Members
+    -------
+    config, regmap
+        The configuration and its :class:`~dpfm.rtl.regmap.RegisterMap`.
+    name : str
+        Short name of the transport (``fixed``, ``verilator``, ``pynq``).
+    reports_bus_errors : bool
+        True when :meth:`write` and :meth:`read` see the bus response and raise
+        :class:`BusError`.  A memory-mapped board access cannot (the CPU gets no response
+        code); the trainer then relies on the engine's sticky ``bus_error`` flag.
+    counts_cycles : bool
+        True when the engine's CYCLES, MUL_BUSY and MERGE_BUSY registers count clock cycles.
+    """
+
+    name = "abstract"
+    reports_bus_errors = True
+    counts_cycles = True
+
+    def __init__(self, config):
+        self.config = config
+        self.regmap = register_map(config)
+        self._closed = False
+
+    # -- the two primitives --------------------------------------------------------------
+    @abc.abstractmethod
+    def read(self, addr: int) -> int:
+        """The 32-bit word at byte offset ``addr`` (unsigned); :class:`BusError` on an error
+        response."""
+
+    @abc.abstractmethod
+    def write(self, addr: int, value: int) -> None:
+        """Write the low 32 bits of ``value`` at byte offset ``addr``; :class:`BusError` on an
+        error response."""
+
+    # -- helpers a transport may speed up --------------------------------------------------
+    def write_many(self, addrs: Sequence[int], values: Sequence[int]) -> None:
+        """Write ``values[i]`` at ``addrs[i]`` in order; stops at the first error."""
+        for addr, value in zip(addrs, values, strict=True):
+            self.write(int(addr), int(value))
+
+    def read_many(self, addrs: Sequence[int]) -> list[int]:
+        """Read every address in order."""
+        return [self.read(int(addr)) for addr in addrs]
+
+    def wait_idle(self, timeout: float = 30.0, *, ready_mask: int = 0) -> int:
+        """Poll STATUS until busy is clear (and, unless ``ready_mask`` is 0, one of its bits
+        is set); returns STATUS.  :class:`TransportTimeout` after ``timeout`` seconds."""
+        addr = self.regmap["STATUS"].offset
+        deadline = time.monotonic() + timeout
+        while True:
+            status = self.read(addr)
+            if not status & BUSY_MASK and (ready_mask == 0 or status & ready_mask):
+                return status
+            if time.monotonic() > deadline:
+                raise TransportTimeout(f"{self.name}: engine still busy after {timeout} s "
+                                       f"(STATUS=0x{status:08x})")
+
+    def run_step(self, timeout: float = 30.0) -> int:
+        """Start a step (CTRL.start) and wait until it has ended; returns STATUS.
+
+        The step has ended when busy is clear and done or an error code is set.
+        """
+        self.write(self.regmap["CTRL"].offset, START)
+        return self.wait_idle(timeout, ready_mask=READY_MASK)
+
+    def reset(self) -> None:
+        """Return the engine to its state after power-up, where the transport can."""
+
+    @property
+    def total_cycles(self) -> int | None:
+        """Clock cycles simulated so far (bus traffic included), where known."""
+        return None
+
+    def close(self) -> None:
+        """Release the connection; idempotent."""
+        self._closed = True
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+    def __repr__(self):
+        return f"<{type(self).__name__} k={self.config.k} net={self.config.net} hash=0x{self.config.hash:08x}>"
