@@ -55,7 +55,7 @@ bench: setup systools
 	$(RUN) dpfm bench --json build/bench/bench.json
 
 synth: setup systools
-	$(RUN) dpfm synth --block engine --json build/synth/engine.json
+	$(RUN) dpfm synth --block engine --k 16 --json build/synth/engine.json
 
 bitstream: setup
 	$(RUN) python -m dpfm.boards.build --board $(BOARD) --k $(K)

