@@ -222,16 +222,17 @@ def step_counts(case: StepCase) -> dict:
 
     ``MERGE_BUSY`` counts lane 0's merger handshakes: every candidate,
     ``sum_l n_out_l * (n_in_l * (1 + k_in_l) + 1)``.  ``MUL_BUSY`` counts the cycles the lane
-    multipliers work: every non-bias candidate of the forward pass, plus one per non-empty
-    output register ``e * g`` of the active samples in the loss pass (none when the update is
-    ``none``, which skips the delta).
+    multipliers work: every non-bias candidate of the forward pass, plus, in the loss pass
+    (all lanes at once, one (output, register slot) per cycle), each slot where some active
+    sample holds a non-empty register (none when the update is ``none``, which skips the delta).
     """
     cfg = case.config
     cands = sum(cfg.net[l + 1] * candidates_per_list(cfg, l) for l in range(cfg.n_layers))
     biases = sum(cfg.net[1:])
     delta_products = 0
     if case.update != "none":
-        delta_products = int(np.count_nonzero(case.trace.forward.grad_val))
+        gv = case.trace.forward.grad_val[:case.batch_n]
+        delta_products = int(np.count_nonzero(np.any(gv != 0, axis=0)))
     return {"MERGE_BUSY": cands, "MUL_BUSY": cands - biases + delta_products}
 
 
@@ -303,22 +304,22 @@ def layer_cycles(config: Config, layer: int) -> tuple[int, int]:
 def loss_drain_cycles(case: StepCase) -> int:
     """Cycles of LOSS_DRAIN (2..5): until the loss/delta pipeline is empty.
 
-    The pass issues ``(lane, output, register)`` in order, one per cycle; the last four
-    issues decide: issue ``t`` from the end (``t = 0`` last) keeps the pipeline busy ``4 - t``
-    drain cycles when it adds to the delta (active lane, non-empty register, update not
-    ``none``), ``3 - t`` when it only adds to the loss (active lane, register slot 0).
+    The pass issues ``(output, register slot)`` in order, one per cycle, every lane at once;
+    the last four issues decide: issue ``t`` from the end (``t = 0`` last) keeps the pipeline
+    busy ``4 - t`` drain cycles when it adds to a delta bank (some active lane holds a
+    non-empty register there, update not ``none``), ``3 - t`` when it only adds to the loss
+    (register slot 0).
     """
     cfg = case.config
-    B, n_out, K = cfg.batch, cfg.n_out, cfg.k
-    gv = case.trace.forward.grad_val
+    n_out, K = cfg.n_out, cfg.k
+    gv = case.trace.forward.grad_val[:case.batch_n]
     busy = 1
-    order = [(s, o, r) for s in range(B) for o in range(n_out) for r in range(K)][::-1]
-    for t, (s, o, r) in enumerate(order[:4]):
-        active = s < case.batch_n
-        delta = active and case.update != "none" and r < gv.shape[2] and gv[s, o, r] != 0
+    order = [(o, r) for o in range(n_out) for r in range(K)][::-1]
+    for t, (o, r) in enumerate(order[:4]):
+        delta = case.update != "none" and r < gv.shape[2] and bool(np.any(gv[:, o, r] != 0))
         if delta:
             busy = max(busy, 4 - t)
-        elif active and r == 0:
+        elif r == 0:
             busy = max(busy, 3 - t)
     return 1 + busy
 
@@ -346,12 +347,12 @@ def phase_cycles(config: Config, *, update: str = "maxnorm", loss_drain: int = 5
         f, w = layer_cycles(config, l)
         fwd += f
         wait += w
-    phases = {"FWD": fwd, "FWD_WAIT": wait, "LOSS": B * config.n_out * K, "LOSS_DRAIN": loss_drain}
+    phases = {"FWD": fwd, "FWD_WAIT": wait, "LOSS": config.n_out * K, "LOSS_DRAIN": loss_drain}
     if update != "none":
         phases.update({"MAX": P, "MAX_DRAIN": 2, "NORM": 1})
         if not delta_zero:
             if update == "maxnorm":
-                phases["DIV"] = RECIP_FRAC + 1
+                phases["DIV"] = (RECIP_FRAC + 1) // 2      # two quotient bits per cycle
             phases.update({"UPD": P, "UPD_DRAIN": 1 + UPDATE_PIPE})
     phases["DONE"] = 1
     return phases

@@ -28,7 +28,7 @@ import cocotb
 from cocotb.triggers import ClockCycles
 
 from dpfm.reference import MLP
-from dpfm.rtl.regmap import CTRL, FLAGS, ID_MAGIC, STATUS, UPDATE
+from dpfm.rtl.regmap import FLAGS, ID_MAGIC, STATUS, UPDATE
 from dpfm.sim.engine_tb import (FSM_ENV, EngineTB, StreamMonitor, check_block_timing,
                                 compare_streams, config_from_env, cycle_pause, expected_flags,
                                 expected_streams, phase_cycles, random_pause, sample_batch,

