@@ -5,8 +5,9 @@ the engine's access rules: writes to read-only, unmapped or padding words answer
 change nothing, and so do reads of unmapped, padding and write-only (CTRL) words; the windows
 and the read-write registers answer SLVERR while a step runs; every refused access raises the
 sticky ``bus_error`` flag; a start with an inconsistent configuration is refused with an
-error code in STATUS[15:8] (done keeps its value); the read-write registers keep the bits the
-engine stores (:func:`rw_bits`) and reset to the engine's values.
+error code in STATUS[15:8] (done keeps its value); a read-write register takes only values
+that fit its ``bits`` (wider ones answer SLVERR, as in the engine) and resets to the
+engine's value.
 
 What a step computes is not modelled here: it is :meth:`dpfm.reference.MLP.step_raw` in the
 Config's fixed formats with the hardware's pruning policy, the project's single oracle.  So
@@ -21,22 +22,14 @@ from __future__ import annotations
 import numpy as np
 
 from dpfm.reference import MLP
-from dpfm.reference.mlp import NORM_BITS
 from dpfm.rtl.regmap import CTRL, FLAGS, ID_MAGIC, STATUS, STATUS_ERROR_SHIFT, UPDATE
 
 from .transport import BusError, Transport
 
-__all__ = ["FixedTransport", "sign_extend", "rw_bits"]
+__all__ = ["FixedTransport", "sign_extend"]
 
 _RESP_SLVERR = 2
 _UPDATE_NAMES = {v: k for k, v in UPDATE.items()}
-
-
-def rw_bits(config) -> dict:
-    """Bits the engine stores of each read-write register: ``name -> (bits, signed)``."""
-    return {"BATCH_N": (config.batch.bit_length(), False), "UPDATE": (2, False),
-            "LR_Q": (config.formats.weight.bits, False), "SGD_CQ": (NORM_BITS + 1, False),
-            "SGD_CS": (8, True)}
 
 
 def _rw_reset(config) -> dict:
@@ -87,7 +80,6 @@ class FixedTransport(Transport):
     # -- state ----------------------------------------------------------------------------
     def reset(self) -> None:
         cfg = self.config
-        self._rw_bits = rw_bits(cfg)
         self._rw = _rw_reset(cfg)
         self._status = 0
         self._busy_left = 0
@@ -184,8 +176,11 @@ class FixedTransport(Transport):
             return
         if self._busy():
             raise _Refused
-        bits, signed = self._rw_bits[target.name]
-        self._rw[target.name] = sign_extend(value, bits) if signed else value & ((1 << bits) - 1)
+        if target.signed:
+            value = sign_extend(value, 32)
+        if not target.fits(value):
+            raise _Refused                     # the engine refuses, never truncates
+        self._rw[target.name] = value
 
     # -- a step ---------------------------------------------------------------------------
     def _refuse(self, code):

@@ -237,7 +237,7 @@ def _built(directory: Path, waves: bool) -> HarnessBuild | None:
 
 def _compile(directory, config, text, verilog_s, t0, *, waves, cxx_opt, cxx_flags,
              verilator_args, jobs) -> HarnessBuild:
-    from dpfm.sim.runner import DEFAULT_BUILD_ARGS, ensure_verilator_env
+    from dpfm.sim.runner import DEFAULT_BUILD_ARGS, VERILATED_MK_FIXES, ensure_verilator_env
 
     library, stamp = directory / _LIB_NAME, directory / "build.json"
     stamp.unlink(missing_ok=True)
@@ -254,9 +254,7 @@ def _compile(directory, config, text, verilog_s, t0, *, waves, cxx_opt, cxx_flag
            # megabytes for a wide engine, unoptimised: it only slows the build.
            "-MAKEFLAGS", f"OPT_FAST={cxx_opt}", "-MAKEFLAGS", f"OPT_GLOBAL={cxx_opt}",
            "-MAKEFLAGS", "OPT_SLOW=-O0",
-           # The PyPI wheel's verilated.mk leaves the precompiled-header include flag
-           # empty, which breaks split (multi-file) models; name it.
-           "-MAKEFLAGS", "CFG_CXXFLAGS_PCH_I=-include"]
+           *(arg for fix in VERILATED_MK_FIXES for arg in ("-MAKEFLAGS", fix))]
     if waves:
         cmd += ["--trace-fst", "--trace-structs", "-CFLAGS", "-DDPFM_TRACE"]
     for flag in cxx_flags:

@@ -45,7 +45,7 @@ from .layouts import entry_layout, registers_layout
 from .regmap import ADDR_BITS, CTRL, FLAGS, ID_MAGIC, STATUS_ERROR_SHIFT, UPDATE, register_map
 from .topk import TopKMerger
 
-__all__ = ["Engine"]
+__all__ = ["Engine", "ISSUE_DEPTH", "AFIFO_LATENCY", "UPDATE_PIPE"]
 
 DELTA_BITS = 56          # exact delta banks (their sum is saturated to 48 bits when read)
 
@@ -55,6 +55,27 @@ def _or_all(terms):
     for t in terms[1:]:
         acc = acc | t
     return acc
+
+
+#: Cycles from the sequencer issuing a candidate (memory read) to its handshake at the merger:
+#: the read register, the operand register, the product register and the merger's input
+#: register (stages 1, 2, 3 and the merger input of the lane datapath below).
+ISSUE_DEPTH = 4
+#: Cycles from a write into a lane's activation FIFO (``SyncFIFOBuffered``) to its data being
+#: readable.
+AFIFO_LATENCY = 2
+#: Stages of the update pipeline after the parameter address: read, normalise, multiply,
+#: write (``pv1`` .. ``upd4`` below).
+UPDATE_PIPE = 4
+
+
+def _fits(word, shape):
+    """True when the 32-bit bus ``word`` holds a value of ``shape`` (two's complement if signed)."""
+    w = shape.width
+    if shape.signed:
+        top = word[w - 1:]                      # sign bit and everything above: all equal
+        return (top == 0) | (top == (1 << len(top)) - 1)
+    return word[w:] == 0
 
 
 class Engine(wiring.Component):
@@ -135,11 +156,14 @@ class Engine(wiring.Component):
         cycles = Signal(32)
         mul_busy = Signal(32)
         merge_busy = Signal(32)
-        batch_n = Signal(range(B + 1), init=B)
-        update = Signal(2, init=UPDATE["maxnorm"])
-        lr_q = Signal(wshape.width)
-        sgd_cq = Signal(NORM_BITS + 1)
-        sgd_cs = Signal(signed(8))
+        def setting(name, init=0):        # a setting register, shaped as the register map says
+            reg = rmap[name]
+            return Signal(signed(reg.bits) if reg.signed else unsigned(reg.bits), init=init, name=name.lower())
+        batch_n = setting("BATCH_N", init=B)
+        update = setting("UPDATE", init=UPDATE["maxnorm"])
+        lr_q = setting("LR_Q")
+        sgd_cq = setting("SGD_CQ")
+        sgd_cs = setting("SGD_CS")
         loss = Signal(64)
         start = Signal()
         clear_flags = Signal()
@@ -556,7 +580,7 @@ class Engine(wiring.Component):
                     with m.Switch(waddr):
                         for name, val in {**regs_ro, **regs_rw}.items():
                             with m.Case(rmap[name].offset >> 2):
-                                m.d.sync += rdata.eq(val.as_signed() if name == "SGD_CS" else val)
+                                m.d.sync += rdata.eq(val.as_signed() if rmap[name].signed else val)
                         with m.Default():
                             m.d.sync += rerr.eq(1)
                 with m.Case(1):
@@ -576,7 +600,8 @@ class Engine(wiring.Component):
                                 m.d.sync += error.eq(4)
                         for name, sig in regs_rw.items():
                             with m.Case(rmap[name].offset >> 2):
-                                with m.If(busy):
+                                # a value the register cannot hold is refused, not truncated
+                                with m.If(busy | ~_fits(reg.w_data, sig.shape())):
                                     m.d.sync += werr.eq(1)
                                 with m.Else():
                                     m.d.sync += sig.eq(reg.w_data)

@@ -14,6 +14,8 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 
+from dpfm.reference.mlp import NORM_BITS
+
 __all__ = ["Register", "Window", "RegisterMap", "register_map", "ID_MAGIC", "ADDR_BITS",
            "CTRL", "STATUS", "FLAGS", "UPDATE", "ERRORS"]
 
@@ -45,6 +47,14 @@ class Register:
     offset: int
     access: str            # "ro", "rw" or "wo"
     doc: str
+    bits: int = 32         # width of the value held; a wider write to a "rw" register is refused
+    signed: bool = False   # two's complement (the bus word is sign-extended on read)
+
+    def fits(self, value: int) -> bool:
+        """True when ``value`` is representable in this register (``bits``, ``signed``)."""
+        if self.signed:
+            return -(1 << (self.bits - 1)) <= value < (1 << (self.bits - 1))
+        return 0 <= value < (1 << self.bits)
 
 
 @dataclass(frozen=True)
@@ -100,11 +110,14 @@ def register_map(config) -> RegisterMap:
         Register("STATUS", 0x00C, "ro", "bit 0 busy, bit 1 done; [15:8] error code of the last refused start"),
         Register("FLAGS", 0x010, "ro", "sticky: bit 0..3 saturation of value/grad/delta/weight, bit 4 bus error"),
         Register("CYCLES", 0x014, "ro", "clock cycles of the last step"),
-        Register("BATCH_N", 0x018, "rw", "samples in the next step (1..batch)"),
-        Register("UPDATE", 0x01C, "rw", "0 sgd, 1 maxnorm, 2 none (forward and loss only)"),
-        Register("LR_Q", 0x020, "rw", "maxnorm learning rate in weight-format integers"),
-        Register("SGD_CQ", 0x024, "rw", "sgd scale mantissa c_q (2*lr/count = c_q * 2**-cs)"),
-        Register("SGD_CS", 0x028, "rw", "sgd scale exponent cs"),
+        Register("BATCH_N", 0x018, "rw", "samples in the next step (1..batch)",
+                 bits=config.batch.bit_length()),
+        Register("UPDATE", 0x01C, "rw", "0 sgd, 1 maxnorm, 2 none (forward and loss only)", bits=2),
+        Register("LR_Q", 0x020, "rw", "maxnorm learning rate in weight-format integers",
+                 bits=config.formats.weight.bits),
+        Register("SGD_CQ", 0x024, "rw", "sgd scale mantissa c_q (2*lr/count = c_q * 2**-cs)",
+                 bits=NORM_BITS + 1),
+        Register("SGD_CS", 0x028, "rw", "sgd scale exponent cs", bits=8, signed=True),
         Register("LOSS_LO", 0x02C, "ro", "sum of squared errors of the last step, bits 31..0 (frac 2*value.frac)"),
         Register("LOSS_HI", 0x030, "ro", "same, bits 63..32"),
         Register("MUL_BUSY", 0x034, "ro", "cycles of the last step with the lane multipliers busy"),

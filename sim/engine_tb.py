@@ -41,6 +41,7 @@ from dpfm.reference.activations import ACT_CODES
 from dpfm.reference.mlp import RECIP_FRAC, lr_quantize, sgd_scale
 from dpfm.rtl.activation import PIPELINE_STAGES as ACT_LATENCY
 from dpfm.rtl.dual_scale import PIPELINE_STAGES as SCALE_LATENCY
+from dpfm.rtl.engine import AFIFO_LATENCY, ISSUE_DEPTH, UPDATE_PIPE  # the pipeline's constants
 from dpfm.rtl.regmap import CTRL, FLAGS, STATUS, STATUS_ERROR_SHIFT, UPDATE, register_map
 
 __all__ = [
@@ -237,14 +238,6 @@ def step_counts(case: StepCase) -> dict:
 
 
 # --------------------------------------------------------------------------- cycle formulas
-#: Cycles from the FSM issuing a candidate (memory read) to its handshake at the merger: the
-#: read register, the operand register, the product register and the merger's input register.
-ISSUE_DEPTH = 4
-#: Cycles from a write into the engine's activation FIFO (SyncFIFOBuffered) to its data
-#: being readable.
-AFIFO_LATENCY = 2
-#: Stages of the update pipeline after the address (read, normalise, multiply, write).
-UPDATE_PIPE = 4
 
 
 def dual_scale_ii(config: Config) -> int:

