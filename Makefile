@@ -42,7 +42,7 @@ test: setup systools
 
 demo: setup
 	mkdir -p build/demo
-	$(RUN) dpfm train --backend numpy --task sum4 --k 16 --epochs 250 --batch 10 --lr 0.01 \
+	$(RUN) dpfm train --backend verilator --task sum4 --k 16 --epochs 250 --batch 10 --lr 0.01 \
 	    --update maxnorm --seed 0 --json build/demo/run.json --plot build/demo/run.png
 
 sim: setup
@@ -54,8 +54,9 @@ soak: setup
 bench: setup systools
 	$(RUN) dpfm bench --json build/bench/bench.json
 
+# The whole PYNQ-Z2 design (engine and AXI glue) for the Config of `make bitstream`.
 synth: setup systools
-	$(RUN) dpfm synth --block engine --k 16 --json build/synth/engine.json
+	$(RUN) python -m dpfm.boards.build --board $(BOARD) --k $(K) --estimate --json build/synth/$(BOARD)-k$(K).json
 
 bitstream: setup
 	$(RUN) python -m dpfm.boards.build --board $(BOARD) --k $(K)

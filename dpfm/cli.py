@@ -7,7 +7,8 @@
                [--seed 0] [--corpus N] [--net 4,5,5,1] [--act sigmoid,sigmoid,linear]
                [--fixed BITS.FRAC] [--policy exact|stream] [--json run.json] [--plot run.png]
                [--quiet]
-    dpfm sweep ... --k 2,4,8,16,32,64,full --corpus 50,100,200,400 [--jobs N]
+    dpfm sweep ... --k 2,4,8,16,32,64,full --corpus 50,100,200,400
+               [--jobs N | --scheduler tcp://HOST:8786]
     dpfm synth ...      (dpfm.rtl.synth)
     dpfm bench ...      (dpfm.bench)
 
@@ -119,8 +120,12 @@ def _add_run_arguments(p, sweep: bool):
     p.add_argument("--json", metavar="FILE", help="write the result as JSON")
     p.add_argument("--plot", metavar="FILE.png", help="write a plot (.png, .pdf, .svg, ...)")
     if sweep:
-        p.add_argument("--jobs", type=int,
-                       help="parallel processes (default: every core; 1 runs serially)")
+        where = p.add_mutually_exclusive_group()
+        where.add_argument("--jobs", type=int,
+                           help="parallel processes (default: every core; 1 runs serially)")
+        where.add_argument("--scheduler", metavar="ADDRESS",
+                           help="run on the Dask cluster whose scheduler listens at ADDRESS "
+                                "(e.g. tcp://host:8786) instead of local processes")
     p.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
 
 
@@ -138,7 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
     sweep = sub.add_parser("sweep", help="train every k x corpus combination",
                            formatter_class=fmt, epilog=_TASKS_EPILOG,
                            description="Train the same network for every k x corpus "
-                                       "combination, in parallel over local cores.")
+                                       "combination, in parallel over local cores or on a "
+                                       "Dask cluster (--scheduler).")
     _add_run_arguments(sweep, sweep=True)
     sweep.set_defaults(handler=cmd_sweep)
     for name, (module, text) in PASSTHROUGH.items():
@@ -275,9 +281,13 @@ def cmd_sweep(args) -> int:
         _check_outputs(args)
     except INPUT_ERRORS as e:
         return _fail(e)
-    jobs = min(args.jobs or os.cpu_count() or 1, len(configs))
+    if args.scheduler is None:
+        jobs = min(args.jobs or os.cpu_count() or 1, len(configs))
+        executor, where = f"local:{jobs}", f"{jobs} jobs"
+    else:
+        jobs, executor, where = None, f"dask:{args.scheduler}", f"dask {args.scheduler}"
     t0 = time.perf_counter()
-    bar = _progress_bar(args, len(configs), f"sweep {specs[0]['task']} ({jobs} jobs)", "run")
+    bar = _progress_bar(args, len(configs), f"sweep {specs[0]['task']} ({where})", "run")
 
     def done(i, r):
         if bar is not None:
@@ -286,10 +296,13 @@ def cmd_sweep(args) -> int:
             bar.update(1)
 
     try:
-        results = runs.run_many(configs, jobs=jobs, on_done=done)
-    finally:
-        if bar is not None:
-            bar.close()
+        try:
+            results = runs.run_many(configs, jobs=jobs, on_done=done, scheduler=args.scheduler)
+        finally:
+            if bar is not None:
+                bar.close()
+    except runs.SchedulerError as e:    # raised before any run started: nothing is written
+        return _fail(e)
     wall = time.perf_counter() - t0
     s0 = specs[0]
     out = {
@@ -298,7 +311,7 @@ def cmd_sweep(args) -> int:
                   "epochs": s0["epochs"], "batch": s0["batch"], "lr": s0["lr"],
                   "update": s0["update"], "policy": s0["policy"], "seed": s0["seed"],
                   "net": s0["net"], "activations": s0["activations"], "fixed": s0["fixed"]},
-        "jobs": jobs, "wall_s": wall, "runs": results,
+        "executor": executor, "jobs": jobs, "wall_s": wall, "runs": results,
     }
     if args.json is not None:
         runs.write_json(args.json, out)
@@ -314,7 +327,8 @@ def cmd_sweep(args) -> int:
                   f"{_fmt(r['final_train_loss']):>12} {_fmt(r['final_val_loss']):>10} "
                   f"{_fmt(r['min_val_loss']):>10} {r['min_val_epoch'] or '-':>6} "
                   f"{r['wall_s']:7.2f}")
-        print(f"{len(results)} runs in {wall:.2f} s on {jobs} process(es)")
+        on = f"{jobs} process(es)" if jobs is not None else f"the Dask cluster at {args.scheduler}"
+        print(f"{len(results)} runs in {wall:.2f} s on {on}")
     return 0
 
 
