@@ -766,12 +766,13 @@ class EngineTB:
 # --------------------------------------------------------------------------- docs
 def register_table_markdown(regmap) -> str:
     """The register map as the Markdown table docs/engine.md carries (generated, not typed)."""
-    lines = ["| name | offset | access | description |", "| --- | --- | --- | --- |"]
+    lines = ["| name | offset | access | bits | description |", "| --- | --- | --- | --- | --- |"]
     for r in regmap.registers:
-        lines.append(f"| {r.name} | 0x{r.offset:05X} | {r.access} | {r.doc} |")
+        bits = f"{r.bits}{' signed' if r.signed else ''}"
+        lines.append(f"| {r.name} | 0x{r.offset:05X} | {r.access} | {bits} | {r.doc} |")
     for w in regmap.windows:
         rows = f"; row stride {w.row_words} words" if w.row_words > 1 else ""
-        lines.append(f"| {w.name} | 0x{w.base:05X} (+4 per word, {w.length} words) | {w.access} | "
+        lines.append(f"| {w.name} | 0x{w.base:05X} (+4 per word, {w.length} words) | {w.access} | 32 | "
                      f"{w.doc}{rows} |")
     return "\n".join(lines)
 
