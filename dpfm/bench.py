@@ -12,9 +12,8 @@ Rows (printed as a table, written as a JSON list of dicts, drawn as a PNG):
     k = 4, 16 and full.
 ``hardware``
     clock cycles per training step from the engine's own CYCLES counter on the Verilator
-    model of that Config (batch 10, maxnorm), and µs at the PYNQ-Z2's 100 MHz FCLK0; also the
-    simulation's wall µs per step.  A k the engine cannot be generated for is a row with the
-    reason instead of numbers.
+    model of that Config (batch 10, maxnorm), and µs at the PYNQ-Z2's 100 MHz FCLK0.  A k the
+    engine cannot be generated for is a row with the reason instead of numbers.
 ``torch``
     torch eager on this CPU, the same net, data sizes, sgd and batch, measured side by side
     when ``torch`` is importable (an optional extra: ``pip install -e '.[torch]'``); otherwise a
@@ -198,13 +197,10 @@ def hardware_row(workload, k, steps=5) -> dict:
         trainer.load_weights(MLP(config.net, config.activations, seed=0))
         task = _task(workload)
         X, y = task.X_train, task.y_train.reshape(len(task.X_train), -1)
-        cycles, t1 = [], time.perf_counter()
-        for s in _batches(task, steps):
-            cycles.append(trainer.step(X[s], y[s], LR, "maxnorm").cycles)
-        wall = (time.perf_counter() - t1) / steps
+        cycles = [trainer.step(X[s], y[s], LR, "maxnorm").cycles for s in _batches(task, steps)]
     c = float(np.mean(cycles))
     return {**base, "cycles_per_step": c, "cycles_min": int(min(cycles)), "cycles_max": int(max(cycles)),
-            "us_per_step": c / FCLK_HZ * 1e6, "sim_wall_us_per_step": wall * 1e6, "steps": steps,
+            "us_per_step": c / FCLK_HZ * 1e6, "steps": steps,
             "build_cached": transport.build.cached, "build_s": round(transport.build.build_s, 1),
             "open_s": round(open_s, 1)}
 
@@ -260,15 +256,25 @@ def _torch_steps(torch, net, acts, workload, steps) -> dict:
 
 
 def synth_row(cache_dir) -> dict:
-    """Yosys estimate of the default Config's PYNQ-Z2 design, cached by the engine's sources."""
+    """Yosys estimate of the default Config's PYNQ-Z2 design.
+
+    Cached under ``cache_dir`` by the SHA-256 of the engine's Verilog text: an estimate is
+    reused only for the very same Verilog.  (Yosys takes about 9 CPU-minutes on it.)
+    """
+    import hashlib
+
     from dpfm.boards.build import estimate_design
+    from dpfm.boards.wrapper import ENGINE_NAME
     from dpfm.config import Config
-    from dpfm.host.verilator import source_digest
+    from dpfm.rtl.engine import Engine
+    from dpfm.sim.amaranth_verilog import component_verilog
     config = Config()
-    key = f"{config.hash:08x}-{source_digest(purpose='yosys')[:16]}"
+    text = component_verilog(Engine(config), name=ENGINE_NAME)
+    key = hashlib.sha256(text.encode()).hexdigest()[:20]
     cache = Path(cache_dir) / f"synth-{key}.json"
     base = {"group": "synth", "workload": "sum4", "system": "Yosys estimate, xc7z020 (default Config)",
-            "k": config.k, "batch": config.batch, "lanes": config.lanes, "us_per_step": None}
+            "k": config.k, "batch": config.batch, "lanes": config.lanes, "us_per_step": None,
+            "verilog_sha256": key}
     if cache.is_file():
         res, cached = json.loads(cache.read_text()), True
     else:
@@ -334,13 +340,12 @@ def format_table(rows) -> str:
         vs = r.get("vs") or {}
         torch_cpu = next((v for s, v in vs.items() if s.startswith("torch-eager (2-core")), None)
         gpu = next((v for s, v in vs.items() if s.startswith("torch-cudagraph-synced")), None)
+        system = r["system"]
         if r["group"] == "synth":
             u = r["util_pct"]
-            system = (f"{r['system']}: LUT {r['LUT']:,} ({u['LUT']}%), FF {r['FF']:,}, "
-                      f"DSP {r['DSP48E1']} ({u['DSP48E1']}%), BRAM36 {r['BRAM36']}"
-                      + (" [cached]" if r.get("cached") else f" [{r.get('yosys_s')} s]"))
-        else:
-            system = r["system"]
+            system = (f"LUT {r['LUT']:,} ({u['LUT']}%), FF {r['FF']:,} ({u['FF']}%), "
+                      f"DSP48E1 {r['DSP48E1']} ({u['DSP48E1']}%), BRAM36 {r['BRAM36']} ({u['BRAM36']}%)"
+                      + (" [cached]" if r.get("cached") else f" [Yosys {r.get('yosys_s')} s]"))
         lines.append([r["group"], r["workload"], system, _fmt(r.get("k")),
                       _fmt(r.get("cycles_per_step"), 0), _fmt(r.get("us_per_step"), 2),
                       _fmt(torch_cpu, 2), _fmt(gpu, 2)])
