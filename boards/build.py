@@ -363,7 +363,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--act", metavar="A,A,...",
                    help="one activation per layer (default: sigmoid, linear for the output)")
     p.add_argument("--batch", type=int, help="sample lanes (default 10)")
-    p.add_argument("--lanes", type=int, help="multipliers per DualScale (default 1)")
+    p.add_argument("--lanes", type=int, help="multipliers per DualScale (default min(4, k+1))")
     p.add_argument("--out", metavar="DIR",
                    help="build folder (default build/<board>; with --estimate "
                         "build/synth/<board>-k<K>-b<BATCH>-l<LANES>)")

@@ -7,6 +7,9 @@
     Like the seed's figures: (a) final train and validation loss against k, one line per
     corpus size, ``full`` as the last tick; (b) validation loss against epoch for each k at
     the largest corpus.
+:func:`plot_spread_vs_k`, :func:`plot_spread_vs_epoch`
+    Several seeds per setting (``dpfm.experiments``): the mean with the min-max spread,
+    against k or against epoch, in one or more panels.
 """
 
 from __future__ import annotations
@@ -15,7 +18,8 @@ import os
 
 from dpfm.runs import atomic_path
 
-__all__ = ["plot_run", "plot_sweep", "check_plot_path", "PLOT_FORMATS"]
+__all__ = ["plot_run", "plot_sweep", "plot_spread_vs_k", "plot_spread_vs_epoch", "check_plot_path",
+           "PLOT_FORMATS"]
 
 
 #: File extensions :func:`plot_run` and :func:`plot_sweep` write (a subset of Agg's).
@@ -159,4 +163,118 @@ def plot_sweep(results, path):
     tag = f"N={largest}" if largest is not None else "all rows"
     ax_b.set_title(f"(b) validation loss vs epoch, {tag}", fontsize=9)
     fig.suptitle(f"DPFM sweep: {_describe(results[0])}", fontsize=10)
+    _save(fig, path)
+
+
+# -- spread plots (dpfm.experiments) ------------------------------------------------------
+#
+# A *panel* is ``{"title": str, "series": [series, ...]}``; a *series* is a dict with
+# ``label``, ``x`` (k values, or epochs), ``mean``, optionally ``lo``/``hi`` (the band or
+# error bar: min and max over seeds) and ``points`` (per x, the single runs' values, drawn
+# as dots), and optional ``color``, ``linestyle``, ``marker``.  ``None`` values (a diverged
+# run, a missing cell) are left out.
+
+def _clean(values, log):
+    out = []
+    for v in values:
+        ok = v is not None and v == v and (v > 0 or not log)
+        out.append(float(v) if ok else float("nan"))
+    return out
+
+
+def _spread_axes(plt, panels, figsize):
+    n = len(panels)
+    fig, axes = plt.subplots(1, n, figsize=figsize or (5.2 * n + 0.6, 4.4), layout="constrained",
+                             squeeze=False)
+    return fig, list(axes[0])
+
+
+def _plain_log_formatter(**kw):
+    """matplotlib's log tick labelling (which minor ticks get a label depends on the range
+    shown) with plain numbers, ``0.002`` rather than ``2 x 10^-3``."""
+    from matplotlib.ticker import LogFormatterSciNotation
+
+    class PlainLogFormatter(LogFormatterSciNotation):
+        def __call__(self, x, pos=None):
+            return f"{x:g}" if super().__call__(x, pos) else ""
+
+    return PlainLogFormatter(**kw)
+
+
+def _finish(ax, panel, ylabel, log, ylim, legend_cols):
+    if log:
+        ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(_plain_log_formatter())
+        ax.yaxis.set_minor_formatter(_plain_log_formatter(labelOnlyBase=False))
+    if ylim is not None:
+        ax.set_ylim(*ylim)
+    ax.set_ylabel(ylabel)
+    ax.grid(True, which="both", alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7, ncol=legend_cols)
+    ax.set_title(panel.get("title", ""), fontsize=9)
+
+
+def plot_spread_vs_k(panels, path, *, ylabel, title=None, log=True, ylim=None, figsize=None,
+                     legend_cols=1, hline=None):
+    """One value against k per series: mean line, min-max error bars, single runs as dots.
+
+    ``x`` holds k values (``"full"`` sorts last); every panel shares the k axis of all its
+    series.  ``hline`` draws a dotted reference line (e.g. 1 for a ratio).  Atomic write.
+    """
+    check_plot_path(path)
+    plt = _pyplot()
+    fig, axes = _spread_axes(plt, panels, figsize)
+    for ax, panel in zip(axes, panels):
+        ks = sorted({k for s in panel["series"] for k in s["x"]}, key=_k_order)
+        pos = {k: i for i, k in enumerate(ks)}
+        nser = len(panel["series"])
+        for si, s in enumerate(panel["series"]):
+            color = s.get("color", f"C{si}")
+            shift = (si - (nser - 1) / 2) * 0.06          # keep error bars apart
+            xs = [pos[k] + shift for k in s["x"]]
+            mean = _clean(s["mean"], log)
+            if s.get("lo") is not None and s.get("hi") is not None:
+                lo, hi = _clean(s["lo"], log), _clean(s["hi"], log)
+                err = [[max(m - a, 0.0) for m, a in zip(mean, lo)],
+                       [max(b - m, 0.0) for m, b in zip(mean, hi)]]
+                ax.errorbar(xs, mean, yerr=err, color=color, linestyle=s.get("linestyle", "-"),
+                            marker=s.get("marker", "o"), ms=4, capsize=3, lw=1.3,
+                            label=s["label"])
+            else:
+                ax.plot(xs, mean, color=color, linestyle=s.get("linestyle", "-"),
+                        marker=s.get("marker", "o"), ms=4, lw=1.3, label=s["label"])
+            for x, pts in zip(xs, s.get("points") or []):
+                pts = [p for p in _clean(pts, log) if p == p]
+                ax.plot([x + 0.03] * len(pts), pts, ".", color=color, ms=3, alpha=0.5)
+        if hline is not None:
+            ax.axhline(hline, color="0.3", lw=0.8, linestyle=":")
+        ax.set_xticks(range(len(ks)), [_k_label(k) for k in ks])
+        ax.set_xlim(-0.5, len(ks) - 0.5)
+        ax.set_xlabel(panel.get("xlabel", "gradient registers k"))
+        _finish(ax, panel, ylabel, log, ylim, legend_cols)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    _save(fig, path)
+
+
+def plot_spread_vs_epoch(panels, path, *, ylabel, title=None, log=True, ylim=None,
+                         figsize=None, legend_cols=2):
+    """Curves against epoch per series: mean line and a shaded min-max band.  Atomic write."""
+    check_plot_path(path)
+    plt = _pyplot()
+    fig, axes = _spread_axes(plt, panels, figsize)
+    for ax, panel in zip(axes, panels):
+        for si, s in enumerate(panel["series"]):
+            color = s.get("color", f"C{si}")
+            ax.plot(s["x"], _clean(s["mean"], log), color=color, lw=1.2,
+                    linestyle=s.get("linestyle", "-"), label=s["label"])
+            if s.get("lo") is not None and s.get("hi") is not None:
+                ax.fill_between(s["x"], _clean(s["lo"], log), _clean(s["hi"], log),
+                                color=color, alpha=0.15, lw=0)
+        ax.set_xlabel("epoch")
+        _integer_epochs(ax)
+        _finish(ax, panel, ylabel, log, ylim, legend_cols)
+    if title:
+        fig.suptitle(title, fontsize=10)
     _save(fig, path)
