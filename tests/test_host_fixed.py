@@ -326,7 +326,8 @@ def test_sigint_keeps_the_last_checkpoint_and_resume_finishes_the_run(tmp_path):
     import sys
     import time
 
-    args = {"task": "sum4", "k": 4, "epochs": 400, "batch": 10, "lr": 0.01, "update": "maxnorm",
+    # far more epochs than can finish before the interrupt, however fast the machine
+    args = {"task": "sum4", "k": 4, "epochs": 100_000, "batch": 10, "lr": 0.01, "update": "maxnorm",
             "seed": 3, "corpus": 60}
     ckpt = tmp_path / "run.ckpt"
     code = ("import sys, json; from dpfm.host.cli_backend import train_backend; "
