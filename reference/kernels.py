@@ -1,5 +1,7 @@
 """Compiled inner loops of the golden model (numba), generic over float64 and int64.
 
+Without numba (e.g. on the PYNQ board) they run as plain Python, with the same results.
+
 One source serves both number systems: the only operation whose meaning depends on the type
 is :func:`rnd` (drop fractional bits), an identity on floats and
 :func:`dpfm.reference.fixed.round_shift` on integers.  Saturation bounds are passed in
@@ -9,8 +11,23 @@ is :func:`rnd` (drop fractional bits), an identity on floats and
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, types
-from numba.extending import overload
+
+try:
+    from numba import njit, types
+    from numba.extending import overload
+except ImportError:
+    # Where numba has no build (the PYNQ board's 32-bit ARM) the same loops run as plain
+    # Python: identical results, far slower.  The board only needs them for small things
+    # (initial weights, checks); its training steps run in the fabric.
+    types = None
+
+    def njit(*args, **kwargs):
+        if len(args) == 1 and callable(args[0]) and not kwargs:
+            return args[0]
+        return lambda function: function
+
+    def overload(function):
+        return lambda implementation: implementation
 
 __all__ = ["rnd", "topk_insert", "merge_layer", "accumulate_delta"]
 

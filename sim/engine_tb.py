@@ -721,8 +721,9 @@ class EngineTB:
 
     async def read_outputs(self, n: int) -> np.ndarray:
         win = self.regmap["OUTPUTS"]
-        return np.array([[await self.read_signed(win.row_addr(s, o)) for o in range(self.config.n_out)]
-                         for s in range(n)], dtype=np.int64)
+        flat = [await self.read_signed(win.row_addr(s, o))
+                for s in range(n) for o in range(self.config.n_out)]
+        return np.array(flat, dtype=np.int64).reshape(n, self.config.n_out)
 
     async def read_loss(self) -> int:
         lo = await self.read_reg("LOSS_LO")

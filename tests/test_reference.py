@@ -308,3 +308,24 @@ def test_maxnorm_does_not_move_when_the_delta_is_zero():
     for update in ("maxnorm", "sgd"):
         net.fit(X, y, k=None, epochs=2, batch=3, lr=0.1, update=update)
         np.testing.assert_array_equal(net.params, before)
+
+
+def test_without_numba_the_plain_python_loops_give_the_same_steps():
+    """Where numba has no build (the PYNQ board) the kernels run as plain Python; a float and a
+    fixed-point run must not change by a bit."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "if sys.argv[1] == 'plain':\n"
+        "    sys.modules['numba'] = None\n"
+        "from dpfm import runs\n"
+        "import dpfm.reference.kernels as kern\n"
+        "assert (kern.types is None) == (sys.argv[1] == 'plain')\n"
+        "for backend in ('numpy', 'fixed'):\n"
+        "    r = runs.run({'task': 'sum4', 'k': 4, 'epochs': 2, 'corpus': 40, 'backend': backend})\n"
+        "    print(backend, r['weights_sha256'], r['history'][-1]['val_loss'])\n")
+    out = {mode: subprocess.run([sys.executable, "-c", code, mode], capture_output=True, text=True,
+                                check=True).stdout for mode in ("plain", "numba")}
+    assert out["plain"] == out["numba"] and out["plain"].count("\n") == 2
