@@ -292,24 +292,22 @@ def synth_row(cache_dir) -> dict:
 
 def run_bench(*, steps=200, hw=True, synth=True, torch=True, cache_dir="build/bench",
               anchors=None) -> list:
-    """Every row, in the order of the table.  Hardware builds and the Yosys estimate run in
-    worker threads (their work is in subprocesses), beside the numpy and torch timings."""
+    """Every row, in the order of the table.  The wall-clock timings (numpy, torch) run first
+    and alone; then the hardware builds and the Yosys estimate, two at a time (their work is in
+    subprocesses and compiled code, but generating Verilog holds the interpreter)."""
     anchor_rows = load_anchors(anchors)
     rows = []
+    for wl in WORKLOADS:
+        for k in KS:
+            _log(f"numpy {wl} k={k}")
+            rows.append(numpy_row(wl, k, steps))
+        if torch:
+            _log(f"torch {wl}")
+            rows.append(torch_row(wl, steps))
     with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
         synth_future = pool.submit(synth_row, cache_dir) if synth else None
-        hw_futures = {}
-        if hw:
-            for wl in WORKLOADS:
-                for k in KS:
-                    hw_futures[(wl, k)] = pool.submit(hardware_row, wl, k)
-        for wl in WORKLOADS:
-            for k in KS:
-                _log(f"numpy {wl} k={k}")
-                rows.append(numpy_row(wl, k, steps))
-            if torch:
-                _log(f"torch {wl}")
-                rows.append(torch_row(wl, steps))
+        hw_futures = {(wl, k): pool.submit(hardware_row, wl, k)
+                      for wl in (WORKLOADS if hw else ()) for k in KS}
         for (wl, k), fut in hw_futures.items():
             _log(f"hardware {wl} k={k} (Verilator build when not cached)")
             rows.append(fut.result())
