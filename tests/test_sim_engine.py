@@ -38,6 +38,8 @@ CONFIGS = {
 SOAK_CONFIGS = {
     "seed-k8": (Config(k=8, batch=10), "sum4", ["training_steps"]),
     "seed-k32": (Config(k=32, batch=10), "sum4", ["training_steps"]),
+    # the Config of docs/board.md with more than half of the DSP48E1 at batch 10
+    "seed-k16-l8": (Config(k=16, batch=10, lanes=8), "sum4", ["training_steps"]),
 }
 
 def _source_digest() -> str:
