@@ -34,13 +34,14 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import json
-import math
 import os
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+
+from dpfm.rtl.synth import write_json_atomic
 
 __all__ = ["main", "run_bench", "load_anchors", "format_table", "plot_bench", "FCLK_HZ", "WORKLOADS"]
 
@@ -147,7 +148,7 @@ def numpy_row(workload, k, steps, budget_s=20.0) -> dict:
     """µs per step of the float64 reference (steps only; at most ``budget_s`` of them)."""
     from dpfm.reference import MLP
     from dpfm.reference.mlp import resolve_k
-    task_name, net, acts = WORKLOADS[workload]
+    _, net, acts = WORKLOADS[workload]
     task = _task(workload)
     mlp = MLP(net, acts, seed=0)
     params = mlp.params.copy()
@@ -282,7 +283,7 @@ def synth_row(cache_dir) -> dict:
         res = estimate_design(config, Path(cache_dir) / "synth-work")
         res = {k: v for k, v in res.items() if k != "cells"}
         res["yosys_s"] = round(time.perf_counter() - t0, 1)
-        _write_atomic(cache, json.dumps(res, indent=1))
+        write_json_atomic(cache, res)
         cached = False
     return {**base, **{k: res[k] for k in ("LUT", "FF", "DSP48E1", "BRAM36", "util_pct", "soft_mul")},
             "yosys_s": res.get("yosys_s"), "cached": cached}
@@ -384,14 +385,6 @@ def plot_bench(rows, path) -> None:
     _save(fig, path)
 
 
-def _write_atomic(path, text):
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def main(argv=None) -> int:
     p = _Parser(prog=PROG, description="Speed of DPFM (reference, engine cycles, Yosys "
                 "estimate) against the measured anchors, in one run.")
@@ -426,7 +419,7 @@ def main(argv=None) -> int:
     print(format_table(rows))
     meta = {"date": time.strftime("%Y-%m-%d"), "machine": f"{os.cpu_count()} cores",
             "wall_s": round(time.perf_counter() - t0, 1)}
-    _write_atomic(args.json, json.dumps([{"group": "meta", **meta}] + rows, indent=1, default=str))
+    write_json_atomic(args.json, [{"group": "meta", **meta}] + rows)
     plot_bench(rows, plot)
     print(f"wrote {args.json} and {plot} in {meta['wall_s']} s")
     return 0

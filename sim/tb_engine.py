@@ -28,7 +28,7 @@ import cocotb
 from cocotb.triggers import ClockCycles
 
 from dpfm.reference import MLP
-from dpfm.rtl.regmap import CTRL, FLAGS, ID_MAGIC, STATUS, UPDATE
+from dpfm.rtl.regmap import FLAGS, ID_MAGIC, STATUS, UPDATE
 from dpfm.sim.engine_tb import (FSM_ENV, EngineTB, StreamMonitor, check_block_timing,
                                 compare_streams, config_from_env, cycle_pause, expected_flags,
                                 expected_streams, phase_cycles, random_pause, sample_batch,
@@ -56,6 +56,17 @@ def _initial_weights(config, seed=1):
     net = MLP(list(config.net), list(config.activations), seed=seed)
     q, _ = config.formats.weight.quantize(net.params)
     return q.astype(np.int64)
+
+
+async def _load_first_batch(tb, seed=1):
+    """Load initial weights and the task's first ``batch`` samples; returns ``(params, Xq, yq)``."""
+    cfg = tb.config
+    X, y = _task_data(cfg)
+    params = _initial_weights(cfg, seed=seed)
+    await tb.load_weights(params)
+    Xq, yq = sample_batch(X, y, cfg, np.arange(cfg.batch))
+    await tb.load_samples(Xq, yq)
+    return params, Xq, yq
 
 
 async def _setup(dut, idle=None, backpressure=None):
@@ -169,11 +180,7 @@ async def forward_only_step(dut):
     """UPDATE = none: forward pass and loss only, weights unchanged, no delta/weight flags."""
     tb = await _setup(dut, random_pause, random_pause)
     cfg = tb.config
-    X, y = _task_data(cfg)
-    params = _initial_weights(cfg, seed=3)
-    await tb.load_weights(params)
-    Xq, yq = sample_batch(X, y, cfg, np.arange(cfg.batch))
-    await tb.load_samples(Xq, yq)
+    params, Xq, yq = await _load_first_batch(tb, seed=3)
     monitor = StreamMonitor(dut, cfg, lane=0, fsm=_fsm())
     monitor.start()
     await run_checked_step(tb, monitor, step_case(cfg, Xq, yq, params, update="none"),
@@ -329,11 +336,7 @@ async def busy_access(dut):
     tb = await _setup(dut, cycle_pause, cycle_pause)
     cfg = tb.config
     rm = tb.regmap
-    X, y = _task_data(cfg)
-    params = _initial_weights(cfg)
-    await tb.load_weights(params)
-    Xq, yq = sample_batch(X, y, cfg, np.arange(cfg.batch))
-    await tb.load_samples(Xq, yq)
+    params, Xq, yq = await _load_first_batch(tb)
     case = step_case(cfg, Xq, yq, params, update="maxnorm")
     await tb.program(case)
     await tb.start()
@@ -377,11 +380,7 @@ async def refused_starts(dut):
 async def _check_refused_starts(tb):
     dut = tb.dut
     cfg = tb.config
-    X, y = _task_data(cfg)
-    params = _initial_weights(cfg)
-    await tb.load_weights(params)
-    Xq, yq = sample_batch(X, y, cfg, np.arange(cfg.batch))
-    await tb.load_samples(Xq, yq)
+    params, Xq, yq = await _load_first_batch(tb)
     good = step_case(cfg, Xq, yq, params, update="maxnorm")
     # one good step first, so CYCLES and OUTPUTS hold something a refused start must keep
     await tb.program(good)
@@ -432,7 +431,7 @@ async def out_of_range_settings(dut):
         for value in wide:
             if reg.bits >= 32 and not reg.signed:
                 continue                                  # every word fits
-            await tb.write_reg("CTRL", 1 << CTRL["clear_flags"])
+            await tb.clear_flags()
             resp = await tb.write(reg.name, value)
             assert resp == SLVERR, f"{reg.name} = {value} ({reg.bits} bits) answered resp {resp}, want SLVERR"
             after = await tb.read_reg(reg.name)
