@@ -22,13 +22,12 @@ from __future__ import annotations
 import numpy as np
 
 from dpfm.reference import MLP
-from dpfm.rtl.regmap import CTRL, FLAGS, ID_MAGIC, STATUS, STATUS_ERROR_SHIFT, UPDATE
+from dpfm.rtl.regmap import CTRL, FLAGS, ID_MAGIC, STATUS, STATUS_ERROR_SHIFT, UPDATE, Resp, StartError
 
 from .transport import BusError, Transport
 
 __all__ = ["FixedTransport", "sign_extend"]
 
-_RESP_SLVERR = 2
 _UPDATE_NAMES = {v: k for k, v in UPDATE.items()}
 
 
@@ -117,14 +116,14 @@ class FixedTransport(Transport):
             return self._read(addr) & 0xFFFFFFFF
         except _Refused:
             self._flags |= 1 << FLAGS["bus_error"]
-            raise BusError(addr, _RESP_SLVERR, write=False, name=self._name(addr)) from None
+            raise BusError(addr, Resp.SLVERR, write=False, name=self._name(addr)) from None
 
     def write(self, addr: int, value: int) -> None:
         try:
             self._write(addr, int(value) & 0xFFFFFFFF)
         except _Refused:
             self._flags |= 1 << FLAGS["bus_error"]
-            raise BusError(addr, _RESP_SLVERR, write=True, name=self._name(addr)) from None
+            raise BusError(addr, Resp.SLVERR, write=True, name=self._name(addr)) from None
 
     def _name(self, addr):
         target, index = self._locate(addr)
@@ -190,27 +189,27 @@ class FixedTransport(Transport):
     def _start(self):
         cfg, rw = self.config, self._rw
         if self._busy():
-            self._refuse(4)
+            self._refuse(StartError.BUSY)
             return
         n = rw["BATCH_N"]
         if not 1 <= n <= cfg.batch:
-            self._refuse(1)
+            self._refuse(StartError.BATCH_N)
             return
         update = _UPDATE_NAMES.get(rw["UPDATE"])
         if update is None:
-            self._refuse(2)
+            self._refuse(StartError.UPDATE)
             return
         fmt = cfg.formats
         count = n * cfg.n_out
         if update == "maxnorm":
             if rw["LR_Q"] == 0:
-                self._refuse(3)
+                self._refuse(StartError.LR_ZERO)
                 return
             # lr_quantize(lr_q / 2**weight.frac) == lr_q: the reference sees the register.
             lr = rw["LR_Q"] / float(1 << fmt.weight.frac)
         elif update == "sgd":
             if rw["SGD_CQ"] == 0:
-                self._refuse(5)
+                self._refuse(StartError.SGD_SCALE_ZERO)
                 return
             # sgd_scale(lr, count) == (SGD_CQ, SGD_CS) up to normalisation, which leaves the
             # update unchanged: the reference sees the registers' scale exactly.

@@ -15,14 +15,12 @@ import abc
 import time
 from collections.abc import Sequence
 
-from dpfm.rtl.regmap import CTRL, STATUS, STATUS_ERROR_SHIFT, register_map
+from dpfm.rtl.regmap import CTRL, STATUS, STATUS_ERROR_SHIFT, Resp, register_map
 
 __all__ = ["Transport", "TransportError", "BusError", "TransportTimeout", "TransportUnavailable",
            "HardwareMismatch",
-           "RESP_NAMES", "BUSY_MASK", "READY_MASK", "START"]
+           "BUSY_MASK", "READY_MASK", "START"]
 
-#: AXI response codes by name.
-RESP_NAMES = {0: "OKAY", 1: "EXOKAY", 2: "SLVERR", 3: "DECERR"}
 #: STATUS bits that say a step is running.
 BUSY_MASK = 1 << STATUS["busy"]
 #: STATUS bits of which one is set when a started step has ended: done, or an error code.
@@ -54,7 +52,14 @@ class BusError(TransportError):
             what = name or "an access"
         else:
             what = f"{'write to' if write else 'read of'} 0x{addr:05x}" + (f" ({name})" if name else "")
-        super().__init__(f"{what} answered {RESP_NAMES.get(resp, resp)}")
+        super().__init__(f"{what} answered {_resp_name(resp)}")
+
+
+def _resp_name(resp) -> str:
+    try:
+        return Resp(resp).name
+    except ValueError:
+        return str(resp)
 
 
 class TransportTimeout(TransportError):

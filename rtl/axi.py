@@ -12,10 +12,9 @@ from amaranth import Module, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-__all__ = ["AXI4LiteSignature", "RegisterPort", "AXI4LiteSlave", "RESP_OKAY", "RESP_SLVERR"]
+from dpfm.rtl.regmap import Resp
 
-RESP_OKAY = 0b00
-RESP_SLVERR = 0b10
+__all__ = ["AXI4LiteSignature", "RegisterPort", "AXI4LiteSlave"]
 
 
 class AXI4LiteSignature(wiring.Signature):
@@ -103,7 +102,7 @@ class AXI4LiteSlave(wiring.Component):
             with m.State("READ_RESP"):
                 with m.If(~bus.rvalid):
                     m.d.sync += [bus.rvalid.eq(1), bus.rdata.eq(reg.r_data),
-                                 bus.rresp.eq(reg.error.replicate(2) & RESP_SLVERR)]
+                                 bus.rresp.eq(reg.error.replicate(2) & Resp.SLVERR)]
                 with m.If(bus.rvalid & bus.rready):
                     m.d.sync += bus.rvalid.eq(0)
                     m.next = "IDLE"
@@ -113,10 +112,10 @@ class AXI4LiteSlave(wiring.Component):
                 m.d.sync += [aw_ok.eq(0), w_ok.eq(0)]
                 m.next = "WRITE_RESP"
                 with m.If(~full):
-                    m.d.sync += [bus.bvalid.eq(1), bus.bresp.eq(RESP_SLVERR)]
+                    m.d.sync += [bus.bvalid.eq(1), bus.bresp.eq(Resp.SLVERR)]
                     m.next = "WRITE_WAIT"
             with m.State("WRITE_RESP"):
-                m.d.sync += [bus.bvalid.eq(1), bus.bresp.eq(reg.error.replicate(2) & RESP_SLVERR)]
+                m.d.sync += [bus.bvalid.eq(1), bus.bresp.eq(reg.error.replicate(2) & Resp.SLVERR)]
                 m.next = "WRITE_WAIT"
             with m.State("WRITE_WAIT"):
                 with m.If(bus.bvalid & bus.bready):

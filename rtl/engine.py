@@ -42,7 +42,7 @@ from .axi import AXI4LiteSignature, AXI4LiteSlave
 from .dual_scale import DualScale
 from .fixmath import round_shift, round_shift_var, saturate
 from .layouts import entry_layout, registers_layout
-from .regmap import ADDR_BITS, CTRL, FLAGS, ID_MAGIC, STATUS_ERROR_SHIFT, UPDATE, register_map
+from .regmap import ADDR_BITS, CTRL, FLAGS, ID_MAGIC, STATUS_ERROR_SHIFT, UPDATE, WINDOW_BITS, StartError, register_map
 from .topk import TopKMerger
 
 __all__ = ["Engine", "ISSUE_DEPTH", "AFIFO_LATENCY", "UPDATE_PIPE"]
@@ -431,8 +431,9 @@ class Engine(wiring.Component):
 
         # ---------------------------------------------------------------- host access
         waddr = reg.addr           # word address
-        win = waddr[14:16]         # 0 registers, 1 WEIGHTS, 2 SAMPLES, 3 OUTPUTS
-        woff = waddr[:14]
+        win = waddr[WINDOW_BITS - 2:ADDR_BITS - 2]      # which window (0: the register file)
+        woff = waddr[:WINDOW_BITS - 2]                  # word offset inside it
+        W_WIN, S_WIN, O_WIN = (rmap.window_index(rmap[n]) for n in ("WEIGHTS", "SAMPLES", "OUTPUTS"))
         w_row = woff >> (srow.bit_length() - 1)
         w_col = woff & (srow - 1)
         o_row = woff >> (orow.bit_length() - 1)
@@ -441,7 +442,7 @@ class Engine(wiring.Component):
         # weight memory write port: host (idle) or update pass
         with m.If(uv4):
             m.d.comb += [w_wr.addr.eq(up4), w_wr.data.eq(w_new4), w_wr.en.eq(1)]
-        with m.Elif(reg.w_en & ~busy & (win == 1) & (woff < P)):
+        with m.Elif(reg.w_en & ~busy & (win == W_WIN) & (woff < P)):
             m.d.comb += [w_wr.addr.eq(woff), w_wr.data.eq(reg.w_data), w_wr.en.eq(1)]
 
         # ---------------------------------------------------------------- FSM
@@ -452,15 +453,15 @@ class Engine(wiring.Component):
                 m.d.comb += w_rd.addr.eq(woff)
                 with m.If(start):
                     with m.If((batch_n == 0) | (batch_n > B)):
-                        m.d.sync += error.eq(1)
+                        m.d.sync += error.eq(StartError.BATCH_N)
                     with m.Elif(update == 3):
-                        m.d.sync += error.eq(2)
+                        m.d.sync += error.eq(StartError.UPDATE)
                     with m.Elif((update == UPDATE["maxnorm"]) & (lr_q == 0)):
-                        m.d.sync += error.eq(3)
+                        m.d.sync += error.eq(StartError.LR_ZERO)
                     with m.Elif((update == UPDATE["sgd"]) & (sgd_cq == 0)):
-                        m.d.sync += error.eq(5)
+                        m.d.sync += error.eq(StartError.SGD_SCALE_ZERO)
                     with m.Else():
-                        m.d.sync += [error.eq(0), busy.eq(1), done.eq(0), cycles.eq(1), mul_busy.eq(0),
+                        m.d.sync += [error.eq(StartError.NONE), busy.eq(1), done.eq(0), cycles.eq(1), mul_busy.eq(0),
                                      merge_busy.eq(0), loss.eq(0), layer.eq(0), j.eq(0), i.eq(0),
                                      r.eq(0), fin.eq(0), dmax.eq(0), wbase.eq(offs[0])]
                         m.next = "FWD"
@@ -569,7 +570,7 @@ class Engine(wiring.Component):
         }
         regs_rw = {"BATCH_N": batch_n, "UPDATE": update, "LR_Q": lr_q, "SGD_CQ": sgd_cq, "SGD_CS": sgd_cs}
         rdata = Signal(32)
-        rsel = Signal(2)           # 0 register value, 1 weights, 2 samples, 3 outputs
+        rsel = Signal.like(win)    # the window of the read in flight
         rrow = Signal(range(B + 1))
         rerr = Signal()
         werr = Signal()
@@ -583,11 +584,11 @@ class Engine(wiring.Component):
                                 m.d.sync += rdata.eq(val.as_signed() if rmap[name].signed else val)
                         with m.Default():
                             m.d.sync += rerr.eq(1)
-                with m.Case(1):
+                with m.Case(W_WIN):
                     m.d.sync += rerr.eq(busy | (woff >= P))
-                with m.Case(2):
+                with m.Case(S_WIN):
                     m.d.sync += [rrow.eq(w_row), rerr.eq(busy | (w_row >= B) | (w_col >= n_in0 + n_out_last))]
-                with m.Case(3):
+                with m.Case(O_WIN):
                     m.d.sync += [rrow.eq(o_row), rerr.eq(busy | (o_row >= B) | (o_col >= n_out_last))]
         with m.If(reg.w_en):
             with m.Switch(win):
@@ -597,7 +598,7 @@ class Engine(wiring.Component):
                             m.d.comb += [start.eq(reg.w_data[CTRL["start"]]),
                                          clear_flags.eq(reg.w_data[CTRL["clear_flags"]])]
                             with m.If(reg.w_data[CTRL["start"]] & busy):
-                                m.d.sync += error.eq(4)
+                                m.d.sync += error.eq(StartError.BUSY)
                         for name, sig in regs_rw.items():
                             with m.Case(rmap[name].offset >> 2):
                                 # a value the register cannot hold is refused, not truncated
@@ -607,15 +608,15 @@ class Engine(wiring.Component):
                                     m.d.sync += sig.eq(reg.w_data)
                         with m.Default():
                             m.d.sync += werr.eq(1)
-                with m.Case(1):
+                with m.Case(W_WIN):
                     m.d.sync += werr.eq(busy | (woff >= P))
-                with m.Case(2):
+                with m.Case(S_WIN):
                     ok = ~busy & (w_row < B) & (w_col < n_in0 + n_out_last)
                     for s in range(B):
                         m.d.comb += [smem_wr[s].addr.eq(w_col), smem_wr[s].data.eq(reg.w_data),
                                      smem_wr[s].en.eq(ok & (w_row == s))]
                     m.d.sync += werr.eq(~ok)
-                with m.Case(3):
+                with m.Default():       # OUTPUTS is read-only; other windows are unmapped
                     m.d.sync += werr.eq(1)
         with m.Else():
             m.d.sync += werr.eq(0)
@@ -625,8 +626,9 @@ class Engine(wiring.Component):
         m.d.comb += set_flags.eq(_or_all(flag_terms))
         samples_data = Array([smem_rd[s].data for s in range(B)])[rrow]
         outputs_data = Array([vmem_rd[s].data for s in range(B)])[rrow]
+        read_data = {0: rdata, W_WIN: w_rd.data.as_signed(), S_WIN: samples_data, O_WIN: outputs_data}
         m.d.comb += [
-            reg.r_data.eq(Mux(rerr, 0, Array([rdata, w_rd.data.as_signed(), samples_data, outputs_data])[rsel])),
+            reg.r_data.eq(Mux(rerr, 0, Array(read_data.get(i, 0) for i in range(1 << len(win)))[rsel])),
             reg.error.eq(rerr | werr),
         ]
         return m

@@ -13,14 +13,16 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
+from enum import IntEnum
 
 from dpfm.reference.mlp import NORM_BITS
 
 __all__ = ["Register", "Window", "RegisterMap", "register_map", "ID_MAGIC", "ADDR_BITS",
-           "CTRL", "STATUS", "FLAGS", "UPDATE", "ERRORS"]
+           "WINDOW_BITS", "CTRL", "STATUS", "FLAGS", "UPDATE", "StartError", "ERRORS", "Resp"]
 
 ID_MAGIC = 0x4450464D          # "DPFM"
 ADDR_BITS = 18                 # 256 KiB of address space
+WINDOW_BITS = 16               # a window spans 2**16 bytes: word address bits [14:16] pick it
 
 # CTRL bits (write 1)
 CTRL = {"start": 0, "clear_flags": 1}
@@ -31,14 +33,34 @@ STATUS_ERROR_SHIFT = 8        # STATUS[15:8]: error code of the last refused sta
 FLAGS = {"sat_value": 0, "sat_grad": 1, "sat_delta": 2, "sat_weight": 3, "bus_error": 4}
 # UPDATE register values
 UPDATE = {"sgd": 0, "maxnorm": 1, "none": 2}
-# error codes (STATUS[15:8]); 0 = none
+
+
+class StartError(IntEnum):
+    """Why the engine refused a start: the code in STATUS[15:8] (0 = none)."""
+    NONE = 0
+    BATCH_N = 1            #: batch count is 0 or larger than the configured batch
+    UPDATE = 2             #: unknown update rule
+    LR_ZERO = 3            #: maxnorm learning rate is 0
+    BUSY = 4               #: start while busy
+    SGD_SCALE_ZERO = 5     #: sgd scale is 0
+
+
+#: Error code -> what the host reports (``StartError`` codes 1..5).
 ERRORS = {
-    1: "batch count is 0 or larger than the configured batch",
-    2: "unknown update rule",
-    3: "maxnorm learning rate is 0",
-    4: "start while busy",
-    5: "sgd scale is 0",
+    StartError.BATCH_N: "batch count is 0 or larger than the configured batch",
+    StartError.UPDATE: "unknown update rule",
+    StartError.LR_ZERO: "maxnorm learning rate is 0",
+    StartError.BUSY: "start while busy",
+    StartError.SGD_SCALE_ZERO: "sgd scale is 0",
 }
+
+
+class Resp(IntEnum):
+    """AXI response codes (RRESP/BRESP), as the engine's slave and the transports use them."""
+    OKAY = 0b00
+    EXOKAY = 0b01
+    SLVERR = 0b10
+    DECERR = 0b11
 
 
 @dataclass(frozen=True)
@@ -82,6 +104,11 @@ class RegisterMap:
     windows: tuple
     addr_bits: int = ADDR_BITS
 
+    def window_index(self, window) -> int:
+        """The value of word-address bits ``[WINDOW_BITS-2:ADDR_BITS-2]`` that selects
+        ``window`` (0 is the register file)."""
+        return window.base >> WINDOW_BITS
+
     def __getitem__(self, name):
         for r in self.registers + self.windows:
             if r.name == name:
@@ -95,7 +122,8 @@ class RegisterMap:
     def to_dict(self) -> dict:
         return {"addr_bits": self.addr_bits, "registers": [asdict(r) for r in self.registers],
                 "windows": [asdict(w) for w in self.windows], "ctrl": CTRL, "status": STATUS,
-                "flags": FLAGS, "update": UPDATE, "errors": ERRORS}
+                "flags": FLAGS, "update": UPDATE,
+                "errors": {int(code): text for code, text in ERRORS.items()}}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=1)
@@ -135,7 +163,10 @@ def register_map(config) -> RegisterMap:
                "row s: n_in inputs then n_out targets, value format", srow),
         Window("OUTPUTS", 0x30000, config.batch * orow, "ro", "predictions of the last step, value format", orow),
     )
+    span = 1 << (WINDOW_BITS - 2)
     for w in wins:
-        if w.length > 0x4000:
-            raise ValueError(f"{w.name} needs {w.length} words; the window holds 16384")
+        if w.base % (1 << WINDOW_BITS) or w.base >> ADDR_BITS:
+            raise ValueError(f"{w.name} base {w.base:#x} is not a window boundary")
+        if w.length > span:
+            raise ValueError(f"{w.name} needs {w.length} words; the window holds {span}")
     return RegisterMap(regs, wins)

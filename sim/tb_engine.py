@@ -28,7 +28,7 @@ import cocotb
 from cocotb.triggers import ClockCycles
 
 from dpfm.reference import MLP
-from dpfm.rtl.regmap import FLAGS, ID_MAGIC, STATUS, UPDATE
+from dpfm.rtl.regmap import FLAGS, ID_MAGIC, STATUS, UPDATE, Resp, StartError
 from dpfm.sim.engine_tb import (FSM_ENV, EngineTB, StreamMonitor, check_block_timing,
                                 compare_streams, config_from_env, cycle_pause, expected_flags,
                                 expected_streams, phase_cycles, random_pause, sample_batch,
@@ -36,7 +36,7 @@ from dpfm.sim.engine_tb import (FSM_ENV, EngineTB, StreamMonitor, check_block_ti
                                 loss_drain_cycles)
 
 GENERATORS = [None, cycle_pause]
-SLVERR = 2
+SLVERR = Resp.SLVERR
 
 
 def _fsm():
@@ -359,7 +359,7 @@ async def busy_access(dut):
         assert resp == SLVERR, f"{kind} of {addr:#x} while busy answered resp {resp}"
     await tb.start()     # a second start while busy
     status = await tb.wait_done()
-    assert EngineTB.error_code(status) == 4, f"STATUS {status:#x}: start while busy not refused"
+    assert EngineTB.error_code(status) == StartError.BUSY, f"STATUS {status:#x}: start while busy not refused"
     assert status & 1 << STATUS["done"]
     assert await tb.read_reg("BATCH_N") == cfg.batch and await tb.read_reg("LR_Q") == case.lr_q
     assert await tb.read_reg("UPDATE") == UPDATE["maxnorm"]
@@ -391,11 +391,11 @@ async def _check_refused_starts(tb):
     weights = await tb.read_weights()
     assert np.array_equal(weights, good.trace.params)
     bad_settings = [
-        ("BATCH_N = 0", {"BATCH_N": 0}, 1),
-        ("BATCH_N > batch", {"BATCH_N": cfg.batch + 1}, 1),
-        ("UPDATE = 3", {"UPDATE": 3}, 2),
-        ("maxnorm with LR_Q = 0", {"UPDATE": UPDATE["maxnorm"], "LR_Q": 0}, 3),
-        ("sgd with SGD_CQ = 0", {"UPDATE": UPDATE["sgd"], "SGD_CQ": 0}, 5),
+        ("BATCH_N = 0", {"BATCH_N": 0}, StartError.BATCH_N),
+        ("BATCH_N > batch", {"BATCH_N": cfg.batch + 1}, StartError.BATCH_N),
+        ("UPDATE = 3", {"UPDATE": 3}, StartError.UPDATE),
+        ("maxnorm with LR_Q = 0", {"UPDATE": UPDATE["maxnorm"], "LR_Q": 0}, StartError.LR_ZERO),
+        ("sgd with SGD_CQ = 0", {"UPDATE": UPDATE["sgd"], "SGD_CQ": 0}, StartError.SGD_SCALE_ZERO),
     ]
     for label, settings, code in bad_settings:
         await tb.program(good)
@@ -414,7 +414,7 @@ async def _check_refused_starts(tb):
     await tb.program(good)
     await tb.start()
     status = await tb.wait_done()
-    assert EngineTB.error_code(status) == 0
+    assert EngineTB.error_code(status) == StartError.NONE
 
 
 @cocotb.test(timeout_time=20, timeout_unit="ms")
@@ -451,4 +451,4 @@ async def out_of_range_settings(dut):
     await tb.write_reg("LR_Q", 1)
     await tb.start()
     status = await tb.wait_done()
-    assert EngineTB.error_code(status) == 0, f"start after refused writes: STATUS {status:#x}"
+    assert EngineTB.error_code(status) == StartError.NONE, f"start after refused writes: STATUS {status:#x}"

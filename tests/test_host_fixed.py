@@ -16,7 +16,7 @@ from dpfm.host import (BusError, CheckpointError, FixedTransport, HardwareMismat
 from dpfm.host.checkpoint import state_to_dict
 from dpfm.host.cli_backend import HostBackend, hw_config, train_backend
 from dpfm.reference import MLP, FixedFormat, Formats, weights_sha256
-from dpfm.rtl.regmap import CTRL, ERRORS, FLAGS, ID_MAGIC, STATUS, STATUS_ERROR_SHIFT, UPDATE
+from dpfm.rtl.regmap import CTRL, ERRORS, FLAGS, ID_MAGIC, STATUS, STATUS_ERROR_SHIFT, UPDATE, StartError
 
 CFG = Config(k=4)
 
@@ -217,7 +217,7 @@ def test_trainer_raises_step_refused():
     trainer = Trainer(CFG, StuckUpdate(CFG))
     with pytest.raises(StepRefused) as e:
         trainer.step(np.zeros((1, 4)), np.zeros((1, 1)), 0.01, "maxnorm")
-    assert e.value.code == 2 and ERRORS[2] in str(e.value)
+    assert e.value.code == StartError.UPDATE and ERRORS[StartError.UPDATE] in str(e.value)
 
 
 # -- checkpoints ------------------------------------------------------------------------------
