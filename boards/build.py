@@ -50,10 +50,11 @@ from pathlib import Path
 
 import dpfm
 from dpfm.config import Config, ConfigError
+from dpfm.files import write_json
 from dpfm.rtl import synth
 from dpfm.rtl.engine import Engine
 from dpfm.rtl.regmap import register_map
-from dpfm.sim.amaranth_verilog import component_verilog
+from dpfm.toolchain import component_verilog
 
 from .pynq_z2 import ENGINE_BASE, FCLK0_HZ, GP0_WINDOW, PS7_SETTINGS, PynqZ2Platform, vivado_part
 from .tcl import TIMING_FILE, VivadoBuild, build_tcl, constraints_xdc
@@ -474,7 +475,7 @@ def _estimate_main(config, args, fail) -> int:
     row = {"block": "engine", "k": config.k, "lanes": config.lanes, **res}
     print(synth.format_table([row]))
     if args.json:
-        synth.write_json_atomic(args.json, {
+        write_json(args.json, make_dirs=True, obj={
             **{k: v for k, v in row.items() if k != "cells"}, "cells": res.get("cells"),
             "board": args.board, "batch": config.batch, "net": list(config.net),
             "device": synth.DEVICE, "config": config.to_dict(), "config_hash": config.hash})

@@ -41,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dpfm.rtl.synth import write_json_atomic
+from dpfm.files import check_output_path, write_json
 
 __all__ = ["main", "run_bench", "load_anchors", "format_table", "plot_bench", "FCLK_HZ", "WORKLOADS"]
 
@@ -268,7 +268,7 @@ def synth_row(cache_dir) -> dict:
     from dpfm.boards.wrapper import ENGINE_NAME
     from dpfm.config import Config
     from dpfm.rtl.engine import Engine
-    from dpfm.sim.amaranth_verilog import component_verilog
+    from dpfm.toolchain import component_verilog
     config = Config()
     text = component_verilog(Engine(config), name=ENGINE_NAME)
     key = hashlib.sha256(text.encode()).hexdigest()[:20]
@@ -283,7 +283,7 @@ def synth_row(cache_dir) -> dict:
         res = estimate_design(config, Path(cache_dir) / "synth-work")
         res = {k: v for k, v in res.items() if k != "cells"}
         res["yosys_s"] = round(time.perf_counter() - t0, 1)
-        write_json_atomic(cache, res)
+        write_json(cache, res, make_dirs=True)
         cached = False
     return {**base, **{k: res[k] for k in ("LUT", "FF", "DSP48E1", "BRAM36", "util_pct", "soft_mul")},
             "yosys_s": res.get("yosys_s"), "cached": cached}
@@ -402,7 +402,6 @@ def main(argv=None) -> int:
         if args.steps < 1:
             raise UsageError(f"--steps must be at least 1, not {args.steps}")
         from dpfm.plots import check_plot_path
-        from dpfm.runs import check_output_path
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         check_output_path(args.json, "--json")
         plot = args.plot or str(Path(args.json).with_suffix(".png"))
@@ -419,7 +418,7 @@ def main(argv=None) -> int:
     print(format_table(rows))
     meta = {"date": time.strftime("%Y-%m-%d"), "machine": f"{os.cpu_count()} cores",
             "wall_s": round(time.perf_counter() - t0, 1)}
-    write_json_atomic(args.json, [{"group": "meta", **meta}] + rows)
+    write_json(args.json, [{"group": "meta", **meta}] + rows)
     plot_bench(rows, plot)
     print(f"wrote {args.json} and {plot} in {meta['wall_s']} s")
     return 0

@@ -46,6 +46,7 @@ import time
 from dataclasses import asdict, dataclass
 
 from dpfm import __version__, runs
+from dpfm.files import check_output_path, write_json, write_text
 
 __all__ = ["main", "Plan", "FULL", "QUICK", "GROUPS", "run_experiments", "FIGURES"]
 
@@ -642,9 +643,7 @@ def update_page(path, blocks: dict):
             text = pattern.sub(lambda _m: new, text)
         else:
             text = text.rstrip("\n") + f"\n\n## {name}\n\n{new}\n"
-    with runs.atomic_path(path) as tmp:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
+    write_text(path, text)
 
 
 # -- command line -------------------------------------------------------------------------
@@ -676,7 +675,7 @@ def main(argv=None) -> int:
         if not os.path.isdir(args.out):
             raise ValueError(f"output directory {args.out} does not exist")
         os.makedirs(fig_dir, exist_ok=True)
-        runs.check_output_path(json_path, "JSON")
+        check_output_path(json_path, "JSON")
     except (ValueError, OSError) as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2
@@ -693,7 +692,7 @@ def main(argv=None) -> int:
             argv if argv is not None else sys.argv[1:]))
         data["meta"]["quick"] = args.quick
         data = _rounded(data)
-        runs.write_json(json_path, data)
+        write_json(json_path, data)
     written = make_figures(data, fig_dir)
     update_page(os.path.join(args.out, MD_NAME), tables(data))
     what = f"read {json_path}" if args.replot else f"wrote {json_path}"

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 
-from dpfm.runs import atomic_path
+from dpfm.files import atomic_path
 
 __all__ = ["plot_run", "plot_sweep", "plot_spread_vs_k", "plot_spread_vs_epoch", "check_plot_path",
            "PLOT_FORMATS"]

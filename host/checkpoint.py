@@ -16,6 +16,7 @@ import json
 import os
 from pathlib import Path
 
+from dpfm.files import atomic_path
 from dpfm.reference import History
 
 from .trainer import CycleStats, FitState
@@ -64,8 +65,6 @@ def save_checkpoint(path, state) -> None:
 
     On any failure the temporary file is removed and ``path`` keeps its old content.
     """
-    from dpfm.runs import atomic_path
-
     data = state_to_dict(state) if isinstance(state, FitState) else state
     path = Path(path)
     with atomic_path(path) as tmp:

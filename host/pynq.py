@@ -35,7 +35,7 @@ def default_bitstream() -> Path:
     env = os.environ.get(BITSTREAM_ENV)
     if env:
         return Path(env)
-    from dpfm.sim.runner import build_root
+    from dpfm.toolchain import build_root
 
     return build_root() / "pynq-z2" / "dpfm.bit"
 

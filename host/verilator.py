@@ -6,7 +6,7 @@ name="dpfm_engine")``), verilated together with the C++ AXI4-Lite master in
 Python calls the library once per bus access or once per step (``dpfm_start_and_wait``
 polls STATUS in C++), never once per clock cycle.
 
-Builds are cached under ``<build root>/verilator/`` (:func:`dpfm.sim.runner.build_root`;
+Builds are cached under ``<build root>/verilator/`` (:func:`dpfm.toolchain.build_root`;
 ``$DPFM_BUILD_DIR`` overrides it), in two levels:
 
 1. ``by-source/<name>-<config hash>-<source digest>`` names the model built for those
@@ -68,10 +68,10 @@ def _generator_sources() -> list[Path]:
     import dpfm
     import dpfm.reference
     import dpfm.rtl
-    import dpfm.sim.amaranth_verilog
+    import dpfm.toolchain
 
     files = [Path(dpfm.__file__).parent / "config.py",
-             Path(dpfm.sim.amaranth_verilog.__file__), HARNESS_CPP, Path(__file__).resolve()]
+             Path(dpfm.toolchain.__file__), HARNESS_CPP, Path(__file__).resolve()]
     for pkg in (dpfm.rtl, dpfm.reference):
         files += sorted(Path(pkg.__file__).parent.glob("*.py"))
     return files
@@ -128,7 +128,7 @@ def build_harness(config, *, factory: Callable | None = None, name: str = "engin
     extra_sources : paths
         More files whose content keys the cache (e.g. the module defining ``factory``).
     waves : bool, optional
-        Build with FST tracing; default :func:`dpfm.sim.runner.waves_enabled` (``WAVES=1``).
+        Build with FST tracing; default :func:`dpfm.toolchain.waves_enabled` (``WAVES=1``).
     cxx_opt : str
         C++ optimisation flag of the model's per-cycle code (one option).  ``-O1`` by
         default: on the seed engine it compiled in 76 s against 85 s (``-O2``) and 112 s
@@ -137,7 +137,7 @@ def build_harness(config, *, factory: Callable | None = None, name: str = "engin
     cxx_flags : sequence of str
         More C++ options, for all the code (default :data:`CXX_FLAGS`).
     build_root : path, optional
-        Defaults to :func:`dpfm.sim.runner.build_root`.
+        Defaults to :func:`dpfm.toolchain.build_root`.
     jobs : int, optional
         Parallel compile jobs (default: the CPU count).
     verilator_args : sequence of str
@@ -148,10 +148,10 @@ def build_harness(config, *, factory: Callable | None = None, name: str = "engin
     RuntimeError
         If Verilator or the compiler fails (with the log's tail).
     """
-    from dpfm.sim.runner import DEFAULT_BUILD_ARGS, fst_supported, waves_enabled
-    from dpfm.sim.runner import build_root as default_root
+    from dpfm.toolchain import DEFAULT_BUILD_ARGS, fst_supported, waves_enabled
+    from dpfm.toolchain import build_root as default_root
 
-    from dpfm.sim.amaranth_verilog import component_verilog
+    from dpfm.toolchain import component_verilog
 
     waves = waves_enabled() if waves is None else bool(waves)
     if waves and not fst_supported():
@@ -237,7 +237,7 @@ def _built(directory: Path, waves: bool) -> HarnessBuild | None:
 
 def _compile(directory, config, text, verilog_s, t0, *, waves, cxx_opt, cxx_flags,
              verilator_args, jobs) -> HarnessBuild:
-    from dpfm.sim.runner import DEFAULT_BUILD_ARGS, VERILATED_MK_FIXES, ensure_verilator_env
+    from dpfm.toolchain import DEFAULT_BUILD_ARGS, VERILATED_MK_FIXES, ensure_verilator_env
 
     library, stamp = directory / _LIB_NAME, directory / "build.json"
     stamp.unlink(missing_ok=True)

@@ -27,8 +27,9 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
+
+from dpfm.files import write_json
 
 __all__ = ["DEVICE", "BLOCKS", "estimate", "parse_log", "yosys_script", "lint", "LINT_WAIVED",
            "main"]
@@ -197,7 +198,7 @@ def estimate(component, top_name: str, workdir, *, yosys: str | None = None,
     RuntimeError
         If Yosys exits non-zero, times out, or its log does not end with the statistics.
     """
-    from dpfm.sim.amaranth_verilog import write_component_verilog
+    from dpfm.toolchain import write_component_verilog
 
     exe = find_yosys(yosys)
     workdir = Path(workdir)
@@ -234,8 +235,7 @@ def lint(component, top_name: str, workdir) -> list:
     list of str
         The warnings and errors that remain (empty when the Verilog is clean).
     """
-    from dpfm.sim.amaranth_verilog import write_component_verilog
-    from dpfm.sim.runner import ensure_verilator_env
+    from dpfm.toolchain import ensure_verilator_env, write_component_verilog
 
     exe = ensure_verilator_env()
     vpath = write_component_verilog(component, name=top_name, build_dir=Path(workdir))
@@ -261,7 +261,7 @@ class UsageError(Exception):
 
 
 def build_block(block: str, config):
-    """The component of ``block`` for ``config``; UsageError when it is not available."""
+    """The component of ``block`` for ``config``; UsageError for an unknown block."""
     if block == "dual_scale":
         from .dual_scale import DualScale
         return DualScale(config)
@@ -269,18 +269,10 @@ def build_block(block: str, config):
         from .activation import ActivationUnit
         return ActivationUnit(config)
     if block == "topk":
-        try:
-            from .topk import TopKMerger
-        except ImportError as exc:
-            raise UsageError(f"--block topk is not available: dpfm.rtl.topk.TopKMerger "
-                             f"cannot be imported ({exc})") from None
+        from .topk import TopKMerger
         return TopKMerger(config)
     if block == "engine":
-        try:
-            from .engine import Engine
-        except ImportError as exc:
-            raise UsageError(f"--block engine is not available yet: dpfm.rtl.engine.Engine "
-                             f"cannot be imported ({exc})") from None
+        from .engine import Engine
         return Engine(config)
     raise UsageError(f"unknown block {block!r}; known: {', '.join(BLOCKS)}")
 
@@ -297,21 +289,6 @@ def format_table(rows) -> str:
     widths = [max(len(h), *(len(row[i]) for row in lines)) for i, h in enumerate(head)]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)
     return "\n".join([fmt.format(*head)] + [fmt.format(*row) for row in lines])
-
-
-def write_json_atomic(path, obj) -> None:
-    """Write ``obj`` as JSON to ``path`` through a temporary file and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=1, sort_keys=True)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def main(argv=None) -> int:
@@ -350,7 +327,7 @@ def main(argv=None) -> int:
     if res["soft_mul"]:
         print(f"warning: {res['soft_mul']} multiplies are not on a DSP48E1", file=sys.stderr)
     if args.json:
-        write_json_atomic(args.json, {**row, "device": DEVICE, "config": config.to_dict()})
+        write_json(args.json, make_dirs=True, obj={**row, "device": DEVICE, "config": config.to_dict()})
         print(f"wrote {args.json}")
     return 0
 

@@ -36,7 +36,7 @@ from dpfm.boards.wrapper import AXI_PREFIX, TOP_NAME
 from dpfm.config import Config
 from dpfm.rtl.regmap import register_map
 from dpfm.rtl.synth import LINT_WAIVED
-from dpfm.sim.runner import AMARANTH_WAIVED_WARNINGS, ensure_verilator_env
+from dpfm.toolchain import AMARANTH_WAIVED_WARNINGS, ensure_verilator_env
 
 PART = "xc7z020clg400-1"
 DEFAULT = Config(k=16)                           # what `make bitstream` builds (K ?= 16)

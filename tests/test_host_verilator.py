@@ -201,7 +201,7 @@ def test_a_source_edit_that_keeps_the_verilog_reuses_the_model(standin, tmp_path
 
 
 def test_standin_waves(tmp_path):
-    from dpfm.sim.runner import waves_enabled
+    from dpfm.toolchain import waves_enabled
 
     if not waves_enabled():
         pytest.skip("set WAVES=1 to build the models with FST tracing")

