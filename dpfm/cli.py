@@ -2,11 +2,11 @@
 
 ::
 
-    dpfm train --backend numpy|fixed --task sum4|poly|digits | --data FILE.npz
+    dpfm train --backend numpy|fixed|verilator|pynq --task sum4|poly|digits | --data FILE.npz
                [--k 16|full] [--epochs N] [--batch 10] [--lr LR] [--update maxnorm|sgd]
                [--seed 0] [--corpus N] [--net 4,5,5,1] [--act sigmoid,sigmoid,linear]
                [--fixed BITS.FRAC] [--policy exact|stream] [--json run.json] [--plot run.png]
-               [--quiet]
+               [--save CKPT] [--resume CKPT] [--quiet]
     dpfm sweep ... --k 2,4,8,16,32,64,full --corpus 50,100,200,400
                [--jobs N | --scheduler tcp://HOST:8786]
     dpfm synth ...      (dpfm.rtl.synth)
@@ -27,8 +27,12 @@ import textwrap
 import time
 
 from dpfm import runs
+from dpfm.backends import BACKEND_HELP, BACKENDS
 from dpfm.config import ConfigError
+from dpfm.files import check_output_path, write_json
 from dpfm.reference import POLICIES, UPDATES
+from dpfm.spec import parse_k, prepare
+from dpfm.sweep import SchedulerError, run_many, sweep_configs
 from dpfm.tasks import TASK_HELP, TASKS
 
 __all__ = ["main", "build_parser"]
@@ -79,9 +83,9 @@ def _add_run_arguments(p, sweep: bool):
                      help="built-in task (default sum4)")
     src.add_argument("--data", metavar="FILE.npz",
                      help="your own data: an .npz with X_train, y_train, X_val, y_val")
-    p.add_argument("--backend", default="numpy", choices=list(runs.BACKENDS),
-                   help="numpy: float64 reference; fixed: bit-exact fixed point "
-                        "(default numpy)")
+    p.add_argument("--backend", default="numpy", choices=list(BACKENDS),
+                   help="; ".join(f"{name}: {text}" for name, text in BACKEND_HELP.items())
+                        + " (default numpy)")
     if sweep:
         p.add_argument("--k", default="2,4,8,16,32,64,full", metavar="K,K,...",
                        help="gradient registers per activation, comma-separated; 'full' keeps "
@@ -107,12 +111,12 @@ def _add_run_arguments(p, sweep: bool):
     p.add_argument("--act", metavar="A,A,...",
                    help="one activation per layer: linear, relu, sigmoid, tanh")
     p.add_argument("--fixed", metavar="BITS.FRAC",
-                   help="fixed backend: one format for values, weights and gradient registers "
+                   help="fixed-point backends: one format for values, weights and gradient registers "
                         "(default: the hardware's formats 24.16 / 18.12 / 18.14)")
     p.add_argument("--policy", choices=list(POLICIES),
                    help="pruning order: exact (the definition) or stream (the hardware's); "
-                        "default exact for numpy, stream for fixed and the hardware backends, "
-                        "which model the hardware exactly")
+                        "default exact for numpy, stream for the others; verilator and pynq "
+                        "run stream only")
     if not sweep:
         p.add_argument("--save", metavar="CKPT",
                        help="hardware backends: write a checkpoint after every epoch (atomically)")
@@ -131,7 +135,8 @@ def _add_run_arguments(p, sweep: bool):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, description="DPFM: train neural nets with Dynamic Pruning in "
-                     "Forward Mode, on the reference model or (later) the hardware.")
+                     "Forward Mode, on the reference model (numpy, fixed), the engine simulated with "
+                     "Verilator (verilator) or the engine on a PYNQ-Z2 (pynq).")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
     fmt = argparse.RawDescriptionHelpFormatter
@@ -169,11 +174,11 @@ def _check_outputs(args):
         from dpfm.plots import check_plot_path
 
         check_plot_path(args.plot)
-        runs.check_output_path(args.plot, "--plot")
+        check_output_path(args.plot, "--plot")
     if args.json is not None:
-        runs.check_output_path(args.json, "--json")
+        check_output_path(args.json, "--json")
     if getattr(args, "save", None) is not None:
-        runs.check_output_path(args.save, "--save")
+        check_output_path(args.save, "--save")
     if args.json is not None and args.plot is not None and \
             os.path.abspath(args.json) == os.path.abspath(args.plot):
         raise ValueError(f"--json and --plot name the same file {args.json}")
@@ -201,8 +206,12 @@ def _summary(r) -> str:
             f"min val {_fmt(r['min_val_loss'])} @ epoch {r['min_val_epoch']}")
     if "accuracy" in r:
         line += f", accuracy {_fmt(r['accuracy'], '.4f')}"
-    line += (f"; {r['steps']} steps in {r['wall_s']:.2f} s "
+    line += (f"; {r['steps']} steps in {r['train_s']:.2f} s "
              f"({_fmt(r['us_per_step'], '.0f')} us/step)")
+    if r.get("setup_s"):
+        transport = r.get("transport") or {}
+        built = transport.get("build_cached") is False
+        line += f" after {r['setup_s']:.2f} s {'building' if built else 'opening'} the engine"
     if r["diverged"]:
         line += "; DIVERGED (loss not finite: lower --lr)"
     if r["saturation_total"]:
@@ -219,12 +228,12 @@ def cmd_train(args) -> int:
     try:
         config = {**_base_config(args), "k": args.k, "corpus": args.corpus,
                   "save": args.save, "resume": args.resume}
-        prep = runs.prepare(config)
+        prep = prepare(config)
         _check_outputs(args)
     except INPUT_ERRORS as e:
         return _fail(e)
-    spec = prep.spec
-    bar = _progress_bar(args, spec["epochs"], f"{spec['task']} k={spec['k']}", "epoch")
+    bar = _progress_bar(args, prep.spec["epochs"], f"{prep.spec['task']} k={prep.spec['k']}",
+                        "epoch")
 
     def progress(epoch, hist):
         post = {"train": f"{hist.train_loss[-1]:.4g}"}
@@ -239,7 +248,7 @@ def cmd_train(args) -> int:
         if bar is not None:
             bar.close()
     if args.json is not None:
-        runs.write_json(args.json, result)
+        write_json(args.json, result)
     if args.plot is not None:
         from dpfm.plots import plot_run
 
@@ -270,14 +279,14 @@ def _parse_corpora(text):
 
 def cmd_sweep(args) -> int:
     try:
-        ks = [runs.parse_k(t) for t in _split_list(args.k, "--k")]
+        ks = [parse_k(t) for t in _split_list(args.k, "--k")]
         corpora = _parse_corpora(args.corpus)
         if len(set(ks)) != len(ks) or len(set(corpora)) != len(corpora):
             raise ValueError("--k and --corpus must not repeat a value")
         if args.jobs is not None and args.jobs < 1:
             raise ValueError(f"--jobs {args.jobs} is below the minimum of 1")
-        configs = runs.sweep_configs(_base_config(args), ks, corpora)
-        specs = [runs.prepare(c).spec for c in configs]
+        configs = sweep_configs(_base_config(args), ks, corpora)
+        specs = [prepare(c).spec for c in configs]
         _check_outputs(args)
     except INPUT_ERRORS as e:
         return _fail(e)
@@ -297,11 +306,11 @@ def cmd_sweep(args) -> int:
 
     try:
         try:
-            results = runs.run_many(configs, jobs=jobs, on_done=done, scheduler=args.scheduler)
+            results = run_many(configs, jobs=jobs, on_done=done, scheduler=args.scheduler)
         finally:
             if bar is not None:
                 bar.close()
-    except runs.SchedulerError as e:    # raised before any run started: nothing is written
+    except SchedulerError as e:    # raised before any run started: nothing is written
         return _fail(e)
     wall = time.perf_counter() - t0
     s0 = specs[0]
@@ -314,7 +323,7 @@ def cmd_sweep(args) -> int:
         "executor": executor, "jobs": jobs, "wall_s": wall, "runs": results,
     }
     if args.json is not None:
-        runs.write_json(args.json, out)
+        write_json(args.json, out)
     if args.plot is not None:
         from dpfm.plots import plot_sweep
 
@@ -335,16 +344,12 @@ def cmd_sweep(args) -> int:
 def _passthrough(name, argv) -> int:
     module = PASSTHROUGH[name][0]
     try:
-        mod = importlib.import_module(module)
-    except ModuleNotFoundError as e:
-        if e.name and (module == e.name or module.startswith(e.name + ".")):
-            return _fail(f"'{PROG} {name}' is not available yet (module {module} does not exist)")
-        return _fail(f"'{PROG} {name}' cannot start: module {e.name} is not installed")
-    entry = getattr(mod, "main", None)
-    if not callable(entry):
-        return _fail(f"'{PROG} {name}' is not available yet ({module} has no main(argv))")
-    try:
-        return int(entry(list(argv)) or 0)
+        return int(importlib.import_module(module).main(list(argv)) or 0)
+    except ModuleNotFoundError as e:    # an optional dependency of the sub-command
+        if (e.name or "dpfm").partition(".")[0] == "dpfm":
+            raise                       # our own module: a bug, never hidden
+        return _fail(f"'{PROG} {name}' needs module {e.name}, which is not installed "
+                     f"(pip install 'dpfm[sim]')")
     except SystemExit as e:         # an argparse inside the sub-command
         return e.code if isinstance(e.code, int) else (0 if e.code is None else _fail(e.code))
 

@@ -3,7 +3,7 @@
 
     python -m dpfm.experiments [--out docs] [--quick] [--jobs N] [--replot]
 
-Every run goes through :func:`dpfm.runs.run_many` with the configs ``dpfm train`` and
+Every run goes through :func:`dpfm.sweep.run_many` with the configs ``dpfm train`` and
 ``dpfm sweep`` build (backends ``numpy`` and ``fixed``), so any single point can be
 reproduced with ``dpfm train``.  Groups (:data:`GROUPS`):
 
@@ -45,7 +45,9 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 
-from dpfm import __version__, runs
+from dpfm import __version__
+from dpfm.spec import prepare
+from dpfm.sweep import run_many
 from dpfm.files import check_output_path, write_json, write_text
 
 __all__ = ["main", "Plan", "FULL", "QUICK", "GROUPS", "run_experiments", "FIGURES"]
@@ -120,11 +122,11 @@ SPREAD_FIELDS = ("final_train_loss", "final_val_loss", "min_val_loss", "min_trai
 # -- running ------------------------------------------------------------------------------
 
 def _key(config) -> str:
-    return json.dumps(runs.prepare(config).spec, sort_keys=True, default=str)
+    return json.dumps(prepare(config).spec, sort_keys=True, default=str)
 
 
 class Runner:
-    """Runs configs through :func:`dpfm.runs.run_many`, each distinct config only once."""
+    """Runs configs through :func:`dpfm.sweep.run_many`, each distinct config only once."""
 
     def __init__(self, jobs):
         self.jobs = jobs
@@ -138,7 +140,7 @@ class Runner:
             if k not in self.cache:
                 todo.setdefault(k, c)
         if todo:
-            done = runs.run_many(list(todo.values()), jobs=self.jobs)
+            done = run_many(list(todo.values()), jobs=self.jobs)
             self.cache.update(zip(todo, done))
             self.new += len(todo)
         return [self.cache[k] for k in keys]
@@ -150,7 +152,7 @@ def _arms(base, arms) -> dict:
     out = {}
     for update, lr in arms:
         if lr is None:
-            lr = runs.prepare({**base, "update": update}).spec["lr"]
+            lr = prepare({**base, "update": update}).spec["lr"]
         out[f"{update} lr {lr:g}"] = {"update": update, "lr": lr}
     return out
 
@@ -314,7 +316,7 @@ def summarise(name, cells, seeds, results, curves) -> dict:
     if "variant" in key_fields:
         _variant_ratios(out_cells)
     extra = {"pooled": _pooled(out_cells)} if "corpus" in key_fields else {}
-    first = runs.prepare(cells[0][1]).spec
+    first = prepare(cells[0][1]).spec
     return {"title": GROUP_TITLES[name], "key_fields": key_fields, "seeds": list(seeds),
             "base_config": {k: first[k] for k in ("task", "epochs", "batch", "net", "activations")},
             "arms": _arm_settings(cells),

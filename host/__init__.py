@@ -2,11 +2,14 @@
 
 The training driver: one :class:`Trainer` (register programming, sample streaming, readback
 and the training loop, written once) over a :class:`Transport` to the engine's AXI4-Lite
-register map.  Transports: :class:`~dpfm.host.fixed.FixedTransport` (the reference in the
-hardware's fixed point, behind the same register rules), :class:`~dpfm.host.verilator.
+register map.  Transports: :class:`~dpfm.host.emulator.EmulatorTransport` (the reference in
+the hardware's fixed point, behind the same register rules), :class:`~dpfm.host.verilator.
 VerilatorTransport` (the engine's Verilog compiled once per Config into a native library)
-and :class:`~dpfm.host.pynq.PynqTransport` (the PYNQ-Z2; ``pynq`` is imported only there).
-:mod:`dpfm.host.cli_backend` turns them into ``dpfm train`` backends.
+and :class:`~dpfm.host.pynq.PynqTransport` (the PYNQ-Z2; ``pynq`` is imported only when it
+opens).  :mod:`dpfm.backends` turns them into ``dpfm train`` backends.
+
+This package imports nothing above :mod:`dpfm.rtl` and :mod:`dpfm.reference`, and nothing
+outside the standard library and numpy when it is imported, so it runs on the board's Python.
 
 ::
 
@@ -24,25 +27,14 @@ and :class:`~dpfm.host.pynq.PynqTransport` (the PYNQ-Z2; ``pynq`` is imported on
 """
 
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from .fixed import FixedTransport
+from .emulator import EmulatorTransport
+from .pynq import PynqTransport
 from .trainer import CycleStats, FitState, StepRefused, StepResult, Trainer
 from .transport import (BusError, HardwareMismatch, Transport, TransportError, TransportTimeout,
                         TransportUnavailable)
+from .verilator import VerilatorTransport
 
 __all__ = ["Trainer", "StepResult", "CycleStats", "FitState", "StepRefused", "Transport",
            "TransportError", "BusError", "TransportTimeout", "TransportUnavailable",
-           "HardwareMismatch", "FixedTransport", "VerilatorTransport", "PynqTransport",
+           "HardwareMismatch", "EmulatorTransport", "VerilatorTransport", "PynqTransport",
            "save_checkpoint", "load_checkpoint", "CheckpointError"]
-
-
-def __getattr__(name):
-    # The Verilator and PYNQ transports load on first use (ctypes / pynq stay unimported).
-    if name == "VerilatorTransport":
-        from .verilator import VerilatorTransport
-
-        return VerilatorTransport
-    if name == "PynqTransport":
-        from .pynq import PynqTransport
-
-        return PynqTransport
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -149,12 +149,3 @@ class PynqTransport(Transport):
     def close(self) -> None:
         self.mmio = None
         super().close()
-
-
-def __getattr__(name):
-    # ``backend``: this transport's ``dpfm train`` backend (dpfm.runs' LazyBackend looks it up).
-    if name == "backend":
-        from .cli_backend import BACKENDS
-
-        return BACKENDS["pynq"]
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -26,8 +26,7 @@ import numpy as np
 from dpfm.reference import MLP, History, lr_quantize, sgd_scale
 from dpfm.rtl.regmap import CTRL, ERRORS, FLAGS, ID_MAGIC, STATUS, STATUS_ERROR_SHIFT, UPDATE
 
-from .fixed import sign_extend
-from .transport import BusError, HardwareMismatch, TransportError
+from .transport import BusError, HardwareMismatch, TransportError, sign_extend
 
 __all__ = ["Trainer", "StepResult", "CycleStats", "FitState", "HardwareMismatch", "StepRefused",
            "flag_names"]

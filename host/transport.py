@@ -4,7 +4,7 @@ A :class:`Transport` reads and writes 32-bit words at byte offsets of the engine
 map (:func:`dpfm.rtl.regmap.register_map`).  Everything above it (register programming,
 sample streaming, readback, the training loop) lives once, in :class:`dpfm.host.Trainer`.
 The transports are the fixed-point reference model of the bus
-(:class:`~dpfm.host.fixed.FixedTransport`), the compiled Verilator model
+(:class:`~dpfm.host.emulator.EmulatorTransport`), the compiled Verilator model
 (:class:`~dpfm.host.verilator.VerilatorTransport`) and the board
 (:class:`~dpfm.host.pynq.PynqTransport`).
 """
@@ -19,7 +19,7 @@ from dpfm.rtl.regmap import CTRL, STATUS, STATUS_ERROR_SHIFT, Resp, register_map
 
 __all__ = ["Transport", "TransportError", "BusError", "TransportTimeout", "TransportUnavailable",
            "HardwareMismatch",
-           "BUSY_MASK", "READY_MASK", "START"]
+           "BUSY_MASK", "READY_MASK", "START", "sign_extend"]
 
 #: STATUS bits that say a step is running.
 BUSY_MASK = 1 << STATUS["busy"]
@@ -53,6 +53,12 @@ class BusError(TransportError):
         else:
             what = f"{'write to' if write else 'read of'} 0x{addr:05x}" + (f" ({name})" if name else "")
         super().__init__(f"{what} answered {_resp_name(resp)}")
+
+
+def sign_extend(word: int, bits: int) -> int:
+    """The low ``bits`` of ``word`` as a two's complement integer."""
+    word &= (1 << bits) - 1
+    return word - (1 << bits) if word >> (bits - 1) else word
 
 
 def _resp_name(resp) -> str:

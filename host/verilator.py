@@ -456,12 +456,3 @@ class VerilatorTransport(Transport):
             self.close()
         except Exception:
             pass
-
-
-def __getattr__(name):
-    # ``backend``: this transport's ``dpfm train`` backend (dpfm.runs' LazyBackend looks it up).
-    if name == "backend":
-        from .cli_backend import BACKENDS
-
-        return BACKENDS["verilator"]
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -23,8 +23,9 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In
 
 from dpfm.config import Config
-from dpfm.host import (BusError, FixedTransport, HardwareMismatch, Trainer, TransportTimeout)
-from dpfm.host.cli_backend import train_backend
+from dpfm.host import (BusError, EmulatorTransport, HardwareMismatch, Trainer, TransportTimeout)
+from dpfm import runs
+from dpfm.backends import HostBackend
 from dpfm.host.verilator import VerilatorTransport, source_digest
 from dpfm.reference import MLP, weights_sha256
 from dpfm.rtl.axi import AXI4LiteSignature, AXI4LiteSlave
@@ -216,17 +217,6 @@ def test_standin_waves(tmp_path):
 
 # -- the real engine ------------------------------------------------------------------------------
 
-def _engine_available():
-    try:
-        import dpfm.rtl.engine  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-needs_engine = pytest.mark.skipif(not _engine_available(), reason="dpfm.rtl.engine not written yet")
-
-
 @pytest.fixture(scope="module")
 def engine():
     t = VerilatorTransport(CFG)
@@ -252,12 +242,11 @@ def _fit(transport, data, epochs=1, lr=0.01, update="maxnorm"):
     return trainer, hist
 
 
-@needs_engine
 @pytest.mark.parametrize("update, lr", [("maxnorm", 0.01), ("sgd", 0.05)])
 def test_engine_trains_like_the_fixed_transport(engine, sum4, update, lr):
     engine.reset()
     hw, hw_hist = _fit(engine, sum4, 2, lr, update)
-    ref, ref_hist = _fit(FixedTransport(CFG), sum4, 2, lr, update)
+    ref, ref_hist = _fit(EmulatorTransport(CFG), sum4, 2, lr, update)
     assert hw_hist.train_loss == ref_hist.train_loss
     assert hw_hist.val_loss == ref_hist.val_loss
     assert hw_hist.saturations == ref_hist.saturations
@@ -331,21 +320,19 @@ def _bus_script(t):
     return out
 
 
-@needs_engine
 def test_engine_bus_answers_as_the_fixed_transport_models_it(engine):
     engine.reset()
     hw = _bus_script(engine)
-    ref = _bus_script(FixedTransport(CFG))
+    ref = _bus_script(EmulatorTransport(CFG))
     for a, b in zip(hw, ref, strict=True):
         assert a == b, f"engine {a} != fixed transport {b}"
 
 
-@needs_engine
-def test_train_backend_verilator_equals_fixed(engine):
+def test_verilator_backend_equals_emulator(engine):
     args = {"task": "sum4", "k": CFG.k, "epochs": 2, "batch": CFG.batch, "lr": 0.01,
             "update": "maxnorm", "seed": 0}
-    hw = train_backend("verilator", None, args)
-    ref = train_backend("fixed", None, args)
+    hw = runs.run({**args, "backend": "verilator"})
+    ref = runs.run(args, backend=HostBackend("emulator"))
     assert hw["weights_sha256"] == ref["weights_sha256"]
     assert hw["history"] == ref["history"]
     assert hw["saturations"] == ref["saturations"]
@@ -398,7 +385,6 @@ def _board(tmp_path, config):
     return tmp_path / "dpfm.bit"
 
 
-@needs_engine
 def test_pynq_transport_trains_like_the_fixed_transport(engine, sum4, tmp_path, monkeypatch):
     from dpfm.host.pynq import PynqTransport
 
@@ -409,7 +395,7 @@ def test_pynq_transport_trains_like_the_fixed_transport(engine, sum4, tmp_path, 
     assert fake.loaded == [(str(tmp_path / "dpfm.bit"), True)]
     assert not board.reports_bus_errors
     hw, hw_hist = _fit(board, sum4, 1)
-    ref, ref_hist = _fit(FixedTransport(CFG), sum4, 1)
+    ref, ref_hist = _fit(EmulatorTransport(CFG), sum4, 1)
     assert hw_hist.train_loss == ref_hist.train_loss and hw_hist.val_loss == ref_hist.val_loss
     assert weights_sha256(hw.weights()) == weights_sha256(ref.weights())
     # a refused store gives the CPU no error; the engine's sticky flag makes the next step fail
@@ -419,7 +405,6 @@ def test_pynq_transport_trains_like_the_fixed_transport(engine, sum4, tmp_path, 
     board.close()
 
 
-@needs_engine
 def test_pynq_stale_build_description_is_caught_by_the_config_hash(engine, tmp_path, monkeypatch):
     from dpfm.host.pynq import PynqTransport
 

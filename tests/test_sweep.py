@@ -11,13 +11,13 @@ import sys
 
 import pytest
 
-from dpfm import cli, runs
+from dpfm import cli, runs, sweep
 
 #: A small sweep: sum4, k in {2, 4, full}, a tiny corpus, a few epochs, numpy backend.
 SWEEP = ["sweep", "--task", "sum4", "--backend", "numpy", "--k", "2,4,full", "--corpus", "30",
          "--epochs", "3", "--quiet"]
 #: Result fields that measure time, not the run: they differ between any two executions.
-TIMING = {"wall_s", "us_per_step"}
+TIMING = set(runs.TIMING_KEYS)
 
 
 def call(args, capsys):
@@ -77,20 +77,20 @@ def test_dask_sweep_equals_serial_and_local_parallel(local_sweeps, cluster, tmp_
 
 
 def test_run_many_on_dask_reports_each_run_once(local_sweeps, cluster):
-    configs = runs.sweep_configs({"task": "sum4", "epochs": 2, "seed": 3}, [2, "full"], [30])
+    configs = sweep.sweep_configs({"task": "sum4", "epochs": 2, "seed": 3}, [2, "full"], [30])
     seen = []
-    results = runs.run_many(configs, on_done=lambda i, r: seen.append((i, r["k"])),
+    results = sweep.run_many(configs, on_done=lambda i, r: seen.append((i, r["k"])),
                             scheduler=cluster.scheduler_address)
     assert sorted(seen) == [(0, 2), (1, "full")]
-    serial = runs.run_many(configs, jobs=1)
+    serial = sweep.run_many(configs, jobs=1)
     assert [r["history"] for r in results] == [r["history"] for r in serial]
     assert [r["weights_sha256"] for r in results] == [r["weights_sha256"] for r in serial]
     with pytest.raises(ValueError, match="exclude each other"):
-        runs.run_many(configs, jobs=2, scheduler=cluster.scheduler_address)
+        sweep.run_many(configs, jobs=2, scheduler=cluster.scheduler_address)
 
 
 def test_unreachable_scheduler_is_one_line(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(runs, "SCHEDULER_TIMEOUT_S", 1)
+    monkeypatch.setattr(sweep, "SCHEDULER_TIMEOUT_S", 1)
     out_json, png = tmp_path / "s.json", tmp_path / "s.png"
     code, out, err = call(SWEEP + ["--scheduler", "tcp://127.0.0.1:1", "--json", out_json,
                                    "--plot", png], capsys)

@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 
 from dpfm.config import Config
-from dpfm.host import (BusError, CheckpointError, FixedTransport, HardwareMismatch, StepRefused,
+from dpfm.host import (BusError, CheckpointError, EmulatorTransport, HardwareMismatch, StepRefused,
                        Trainer, load_checkpoint, save_checkpoint)
 from dpfm.host.checkpoint import state_to_dict
-from dpfm.host.cli_backend import HostBackend, hw_config, train_backend
+from dpfm import runs
+from dpfm.backends import HostBackend, hw_config
 from dpfm.reference import MLP, FixedFormat, Formats, weights_sha256
 from dpfm.rtl.regmap import CTRL, ERRORS, FLAGS, ID_MAGIC, STATUS, STATUS_ERROR_SHIFT, UPDATE, StartError
 
@@ -40,7 +41,7 @@ def reference_fit(config, data, epochs, lr, update, seed=0, classify=False):
 
 def host_fit(config, data, epochs, lr, update, seed=0, transport=None, **kw):
     Xt, yt, Xv, yv = data
-    trainer = Trainer(config, transport or FixedTransport(config))
+    trainer = Trainer(config, transport or EmulatorTransport(config))
     trainer.load_weights(MLP(config.net, config.activations, seed=seed))
     hist = trainer.fit(Xt, yt, epochs=epochs, lr=lr, update=update, validation=(Xv, yv),
                        seed=seed, **kw)
@@ -51,7 +52,7 @@ def host_fit(config, data, epochs, lr, update, seed=0, transport=None, **kw):
 def test_fixed_transport_trains_like_the_reference(sum4, update, lr):
     net, ref = reference_fit(CFG, sum4, 3, lr, update)
     # busy_reads: STATUS reads busy twice after each start, so the polling loop runs.
-    trainer, hist = host_fit(CFG, sum4, 3, lr, update, transport=FixedTransport(CFG, busy_reads=2))
+    trainer, hist = host_fit(CFG, sum4, 3, lr, update, transport=EmulatorTransport(CFG, busy_reads=2))
     assert hist.train_loss == ref.train_loss
     assert hist.val_loss == ref.val_loss
     assert hist.steps == ref.steps == 3 * 16
@@ -65,7 +66,7 @@ def test_evaluate_equals_reference_loss_and_accuracy():
     X = rng.uniform(0, 1, (23, 6))                      # 23: the last batch is partial
     y = np.eye(3)[rng.integers(0, 3, 23)]
     net = MLP(cfg.net, cfg.activations, seed=5)
-    trainer = Trainer(cfg, FixedTransport(cfg))
+    trainer = Trainer(cfg, EmulatorTransport(cfg))
     trainer.load_weights(net)
     loss, acc = trainer.evaluate(X, y, classify=True)
     assert loss == net.loss(X, y, cfg.formats)
@@ -78,7 +79,7 @@ def test_step_reports_the_reference_step():
     X = rng.uniform(0, 1, (7, 4))
     y = X.sum(axis=1, keepdims=True)
     net = MLP(CFG.net, CFG.activations, seed=2)
-    trainer = Trainer(CFG, FixedTransport(CFG))
+    trainer = Trainer(CFG, EmulatorTransport(CFG))
     trainer.load_weights(net)
     fmt = CFG.formats
     st = net.step_raw(fmt.value.quantize(X)[0], fmt.value.quantize(y)[0],
@@ -92,7 +93,7 @@ def test_step_reports_the_reference_step():
 def test_saturation_flags_are_counted_and_cleared():
     # Inputs of 127 drive pre-activations beyond the 16.8 value format's +-128: they saturate.
     cfg = Config(k=4, formats=Formats.uniform(FixedFormat(16, 8)))
-    t = FixedTransport(cfg)
+    t = EmulatorTransport(cfg)
     trainer = Trainer(cfg, t)
     trainer.load_weights(MLP(cfg.net, cfg.activations, seed=0))
     X = np.full((10, 4), 127.0)
@@ -104,7 +105,7 @@ def test_saturation_flags_are_counted_and_cleared():
 
 
 def test_identity_registers():
-    t = FixedTransport(CFG)
+    t = EmulatorTransport(CFG)
     m = t.regmap
     assert t.read(m["ID"].offset) == ID_MAGIC
     assert t.read(m["CONFIG_HASH"].offset) == CFG.hash
@@ -116,17 +117,17 @@ def test_identity_registers():
 def test_wrong_config_hash_is_refused_naming_both():
     wrong = 0x12345678
     with pytest.raises(HardwareMismatch) as e:
-        Trainer(CFG, FixedTransport(CFG, report_hash=wrong))
+        Trainer(CFG, EmulatorTransport(CFG, report_hash=wrong))
     assert f"0x{wrong:08x}" in str(e.value) and f"0x{CFG.hash:08x}" in str(e.value)
 
 
 def test_a_transport_for_another_config_is_refused():
     with pytest.raises(HardwareMismatch):
-        Trainer(CFG, FixedTransport(Config(k=8)))
+        Trainer(CFG, EmulatorTransport(Config(k=8)))
 
 
 def test_bad_writes_answer_slverr_and_change_nothing():
-    t = FixedTransport(CFG, busy_reads=3)
+    t = EmulatorTransport(CFG, busy_reads=3)
     m = t.regmap
     flags = m["FLAGS"].offset
     for name in ("ID", "CONFIG_HASH", "STATUS", "FLAGS", "CYCLES", "LOSS_LO", "K"):
@@ -168,7 +169,7 @@ def test_bad_writes_answer_slverr_and_change_nothing():
 
 
 def test_read_write_registers_refuse_values_they_cannot_hold():
-    t = FixedTransport(CFG)
+    t = EmulatorTransport(CFG)
     m = t.regmap
     assert t.read(m["BATCH_N"].offset) == CFG.batch                 # reset values
     assert t.read(m["UPDATE"].offset) == UPDATE["maxnorm"]
@@ -199,14 +200,14 @@ def _raw_start(t, **regs):
     ({"BATCH_N": 1, "UPDATE": UPDATE["sgd"], "SGD_CQ": 0}, 5),
 ])
 def test_inconsistent_start_is_refused_with_its_code(regs, code):
-    t = FixedTransport(CFG)
+    t = EmulatorTransport(CFG)
     status = _raw_start(t, **regs)
     assert status >> STATUS_ERROR_SHIFT & 0xFF == code
     assert not status & 1 << STATUS["busy"]
     assert code in ERRORS
 
 
-class StuckUpdate(FixedTransport):
+class StuckUpdate(EmulatorTransport):
     """An engine whose UPDATE register always receives 3 (no such rule)."""
 
     def write(self, addr, value):
@@ -241,7 +242,7 @@ def test_resume_reaches_the_uninterrupted_weights(sum4, tmp_path):
     state = load_checkpoint(ckpt, config=CFG, run={"lr": 0.01})
     assert state.epoch == 2 and saved == [1, 2]
     Xt, yt, Xv, yv = sum4
-    trainer = Trainer(CFG, FixedTransport(CFG))      # a fresh engine: weights from the file
+    trainer = Trainer(CFG, EmulatorTransport(CFG))      # a fresh engine: weights from the file
     hist = trainer.fit(Xt, yt, epochs=4, lr=0.01, update="maxnorm", validation=(Xv, yv),
                        seed=0, state=state)
     assert weights_sha256(trainer.weights()) == weights_sha256(full.weights())
@@ -273,37 +274,41 @@ def test_failed_checkpoint_write_keeps_the_old_one(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run.ckpt"]   # no temporary left
 
 
-# -- the command-line backend ---------------------------------------------------------------
+# -- the host backend over the emulator ------------------------------------------------------
 
-def test_train_backend_fixed_json(tmp_path):
+def emulated_run(args) -> dict:
+    """``runs.run`` on a :class:`HostBackend` over the emulator (``save``/``resume`` honoured)."""
+    return runs.run(dict(args), backend=HostBackend("emulator"))
+
+
+def test_host_backend_emulator_json(tmp_path):
     args = {"task": "sum4", "k": 4, "epochs": 2, "batch": 10, "lr": 0.01, "update": "maxnorm",
             "seed": 0, "corpus": 100}
-    r = train_backend("fixed", None, args)
+    r = emulated_run(args)
     for key in ("backend", "task", "net", "k", "epochs", "batch", "update", "final_train_loss",
                 "final_val_loss", "history", "weights_sha256", "saturations", "wall_s",
                 "cycles_per_step", "hw_config"):
         assert key in r, key
-    assert r["backend"] == "fixed" and r["policy"] == "stream"
+    assert r["backend"] == "emulator" and r["policy"] == "stream"
     assert r["hw_config"]["hash"] == Config(k=4).hash
-    assert r["cycles_per_step"] is None                # the fixed transport counts no cycles
+    assert r["cycles_per_step"] is None                # the emulator counts no cycles
     json.dumps(r, allow_nan=False)
     # equal to the reference in fixed point with the hardware's policy
-    from dpfm import runs
     ref = runs.run({**args, "backend": "fixed", "policy": "stream"})
     assert r["weights_sha256"] == ref["weights_sha256"]
     assert r["history"] == ref["history"]
 
 
-def test_train_backend_resume(tmp_path):
+def test_host_backend_resume(tmp_path):
     args = {"task": "sum4", "k": 4, "epochs": 3, "batch": 10, "lr": 0.01, "update": "maxnorm",
             "seed": 1, "corpus": 60}
-    full = train_backend("fixed", None, args)
+    full = emulated_run(args)
     ckpt = tmp_path / "c.json"
-    part = train_backend("fixed", None, {**args, "epochs": 1, "save": str(ckpt)})
+    part = emulated_run({**args, "epochs": 1, "save": str(ckpt)})
     assert part["history"] == full["history"][:1]
     with pytest.raises(CheckpointError, match="seed"):
-        train_backend("fixed", None, {**args, "resume": str(ckpt), "seed": 2})
-    rest = train_backend("fixed", None, {**args, "resume": str(ckpt)})
+        emulated_run({**args, "resume": str(ckpt), "seed": 2})
+    rest = emulated_run({**args, "resume": str(ckpt)})
     assert rest["resumed_from_epoch"] == 1
     assert rest["weights_sha256"] == full["weights_sha256"]
     assert rest["history"] == full["history"]
@@ -314,10 +319,10 @@ def test_hw_config_from_spec():
             "fixed": None}
     cfg = hw_config(spec)
     assert cfg.k == cfg.n_params and cfg.policy == "stream"
-    backend = HostBackend("fixed")
-    spec2 = {**spec, "k": 16, "policy": "exact"}
-    backend.check(spec2)
-    assert spec2["policy"] == "stream"
+    backend = HostBackend("emulator")
+    backend.check({**spec, "k": 16, "policy": "stream"})
+    with pytest.raises(ValueError, match="'stream' order only"):     # never run silently
+        backend.check({**spec, "k": 16, "policy": "exact"})
 
 
 def test_sigint_keeps_the_last_checkpoint_and_resume_finishes_the_run(tmp_path):
@@ -330,10 +335,14 @@ def test_sigint_keeps_the_last_checkpoint_and_resume_finishes_the_run(tmp_path):
     args = {"task": "sum4", "k": 4, "epochs": 100_000, "batch": 10, "lr": 0.01, "update": "maxnorm",
             "seed": 3, "corpus": 60}
     ckpt = tmp_path / "run.ckpt"
-    code = ("import sys, json; from dpfm.host.cli_backend import train_backend; "
-            f"train_backend('fixed', None, {{**json.loads(sys.argv[1]), 'save': sys.argv[2]}})")
+    code = ("import sys, json; from dpfm import runs; from dpfm.backends import HostBackend; "
+            "runs.run({**json.loads(sys.argv[1]), 'save': sys.argv[2]}, "
+            "backend=HostBackend('emulator'))")
+    # A shell's background job starts with SIGINT ignored, and Python keeps an inherited
+    # SIG_IGN: give the child the default disposition so it raises KeyboardInterrupt.
     proc = subprocess.Popen([sys.executable, "-c", code, json.dumps(args), str(ckpt)],
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 60
         while not ckpt.exists() and time.monotonic() < deadline:
@@ -349,7 +358,7 @@ def test_sigint_keeps_the_last_checkpoint_and_resume_finishes_the_run(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["run.ckpt"]
     # resume to a nearby end; equal to the same run uninterrupted
     end = {**args, "epochs": state.epoch + 2}
-    rest = train_backend("fixed", None, {**end, "resume": str(ckpt)})
-    full = train_backend("fixed", None, end)
+    rest = emulated_run({**end, "resume": str(ckpt)})
+    full = emulated_run(end)
     assert rest["weights_sha256"] == full["weights_sha256"]
     assert rest["history"] == full["history"]

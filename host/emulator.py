@@ -1,4 +1,4 @@
-"""``FixedTransport``: the engine's bus, register by register, computing with the reference.
+"""``EmulatorTransport``: the engine's bus, register by register, computing with the reference.
 
 The transport answers the engine's register map (:func:`dpfm.rtl.regmap.register_map`) with
 the engine's access rules: writes to read-only, unmapped or padding words answer SLVERR and
@@ -24,9 +24,9 @@ import numpy as np
 from dpfm.reference import MLP
 from dpfm.rtl.regmap import CTRL, FLAGS, ID_MAGIC, STATUS, STATUS_ERROR_SHIFT, UPDATE, Resp, StartError
 
-from .transport import BusError, Transport
+from .transport import BusError, Transport, sign_extend
 
-__all__ = ["FixedTransport", "sign_extend"]
+__all__ = ["EmulatorTransport"]
 
 _UPDATE_NAMES = {v: k for k, v in UPDATE.items()}
 
@@ -35,17 +35,11 @@ def _rw_reset(config) -> dict:
     return {"BATCH_N": config.batch, "UPDATE": UPDATE["maxnorm"], "LR_Q": 0, "SGD_CQ": 0, "SGD_CS": 0}
 
 
-def sign_extend(word: int, bits: int) -> int:
-    """The low ``bits`` of ``word`` as a two's complement integer."""
-    word &= (1 << bits) - 1
-    return word - (1 << bits) if word >> (bits - 1) else word
-
-
 class _Refused(Exception):
     """An access the engine answers with SLVERR."""
 
 
-class FixedTransport(Transport):
+class EmulatorTransport(Transport):
     """A register-level model of the engine's bus whose steps are the reference's.
 
     Parameters
@@ -61,7 +55,7 @@ class FixedTransport(Transport):
         value to model a mismatched engine).
     """
 
-    name = "fixed"
+    name = "emulator"
     counts_cycles = False
 
     def __init__(self, config, *, busy_reads: int = 0, report_hash: int | None = None):
@@ -243,12 +237,3 @@ class FixedTransport(Transport):
         orows = self.regmap["OUTPUTS"].row_words
         out = self._store["OUTPUTS"].reshape(cfg.batch, orows)
         out[:n, :cfg.n_out] = np.asarray(st.forward.value, dtype=np.int64)
-
-
-def __getattr__(name):
-    # ``backend``: this transport's ``dpfm train`` backend (dpfm.runs' LazyBackend looks it up).
-    if name == "backend":
-        from .cli_backend import BACKENDS
-
-        return BACKENDS["fixed"]
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
