@@ -122,8 +122,7 @@ def load_anchors(folder=None) -> list:
 def _vs(row_us, workload, anchors) -> dict:
     if not row_us:
         return {}
-    return {a["system"]: round(a["us_per_step"] / row_us, 3) for a in anchors
-            if a["workload"] == workload}
+    return {a["system"]: a["us_per_step"] / row_us for a in anchors if a["workload"] == workload}
 
 
 # -- measurements -----------------------------------------------------------------------------

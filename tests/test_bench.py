@@ -49,7 +49,8 @@ def test_numpy_rows_and_ratios(anchors):
     for r in measured:
         assert r["us_per_step"] > 0 and r["steps"] == 3
         anchor = 800.0 if r["workload"] == "sum4" else 600.0
-        assert math.isclose(r["vs"]["torch-eager (2-core CPU)"], anchor / r["us_per_step"], rel_tol=1e-2)
+        # the ratio is the anchor over this row's own measurement: exact whatever the speed
+        assert r["vs"]["torch-eager (2-core CPU)"] == anchor / r["us_per_step"]
     full = [r for r in measured if r["k"] == "full"]
     assert [r["registers"] for r in full] == [61, 2410]
     table = bench.format_table(rows)

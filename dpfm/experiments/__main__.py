@@ -1,0 +1,7 @@
+"""``python -m dpfm.experiments``."""
+
+import sys
+
+from dpfm.experiments import main
+
+sys.exit(main())
