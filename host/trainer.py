@@ -23,8 +23,10 @@ from collections.abc import Callable
 
 import numpy as np
 
-from dpfm.reference import MLP, History, lr_quantize, sgd_scale
-from dpfm.rtl.regmap import CTRL, ERRORS, FLAGS, ID_MAGIC, STATUS, STATUS_ERROR_SHIFT, UPDATE
+from dpfm.reference import MLP, History
+from dpfm.rtl.protocol import (CLEAR_FLAGS_WORD, EVAL_REGISTERS, RESULT_REGISTERS, loss_raw,
+                               sample_words, setting_words, status_fields, word)
+from dpfm.rtl.regmap import ERRORS, FLAGS, ID_MAGIC, UPDATE, Resp
 
 from .transport import BusError, HardwareMismatch, TransportError, sign_extend
 
@@ -150,17 +152,13 @@ class Trainer:
         m = self.regmap
         self._off = {r.name: r.offset for r in m.registers}
         cfg = config
-        samples = m["SAMPLES"]
-        cols = np.arange(cfg.n_in + cfg.n_out)
         rows = np.arange(cfg.batch)
-        self._sample_addr = samples.base + 4 * (rows[:, None] * samples.row_words + cols[None, :])
         outputs = m["OUTPUTS"]
         self._output_addr = outputs.base + 4 * (rows[:, None] * outputs.row_words
                                                 + np.arange(cfg.n_out)[None, :])
         self._weight_addr = m["WEIGHTS"].base + 4 * np.arange(cfg.n_params)
-        self._result_addr = [self._off[n] for n in ("LOSS_LO", "LOSS_HI", "FLAGS", "CYCLES",
-                                                     "MUL_BUSY", "MERGE_BUSY")]
-        self._eval_addr = self._result_addr[:3]
+        self._result_addr = [self._off[n] for n in RESULT_REGISTERS]
+        self._eval_addr = [self._off[n] for n in EVAL_REGISTERS]
         self._written: dict = {}        # control register offset -> value last written
         self._net = MLP(cfg.net, cfg.activations)
         if check:
@@ -226,14 +224,6 @@ class Trainer:
         return self.config.formats.weight.to_float(self.weights_raw())
 
     # -- one step ---------------------------------------------------------------------------
-    def _lr_words(self, update, lr, n):
-        if update == "maxnorm":
-            return [(self._off["LR_Q"], lr_quantize(lr, self.config.formats))]
-        if update == "sgd":
-            c_q, cs = sgd_scale(lr, n * self.config.n_out)
-            return [(self._off["SGD_CQ"], c_q), (self._off["SGD_CS"], cs)]
-        return []
-
     def step_raw(self, Xq, yq, lr: float = 0.0, update: str = "none") -> StepResult:
         """One step on integers of the value format (``Xq`` (n, n_in), ``yq`` (n, n_out))."""
         cfg = self.config
@@ -247,13 +237,10 @@ class Trainer:
         if not 1 <= n <= cfg.batch or Xq.shape[1] != cfg.n_in or yq.shape[1] != cfg.n_out:
             raise ValueError(f"a step takes 1..{cfg.batch} rows of {cfg.n_in} inputs and "
                              f"{cfg.n_out} targets, not X {Xq.shape} and y {yq.shape}")
-        rows = np.concatenate([Xq, yq], axis=1)
-        addrs = self._sample_addr[:n].ravel().tolist()
-        values = (rows.ravel() & 0xFFFFFFFF).tolist()
+        addrs, values = sample_words(self.regmap, Xq, yq)
         # Control registers are written only when they change (the engine keeps them).
-        regs = [(self._off["BATCH_N"], n), (self._off["UPDATE"], UPDATE[update]),
-                *self._lr_words(update, lr, n)]
-        regs = [(a, v & 0xFFFFFFFF) for a, v in regs if self._written.get(a) != v & 0xFFFFFFFF]
+        regs = [(self._off[name], word(v)) for name, v in setting_words(cfg, update, lr, n)]
+        regs = [(a, v) for a, v in regs if self._written.get(a) != v]
         addrs += [a for a, _ in regs]
         values += [v for _, v in regs]
         t = self.transport
@@ -264,11 +251,11 @@ class Trainer:
         except BaseException:
             self._written.clear()
             raise
-        code = status >> STATUS_ERROR_SHIFT & 0xFF
+        _, done, code = status_fields(status)
         if code:
             self._written.clear()
             raise StepRefused(code, f" (STATUS=0x{status:08x}; BATCH_N={n}, UPDATE={update})")
-        if not status >> STATUS["done"] & 1:
+        if not done:
             raise TransportError(f"{t.name}: the step ended without done (STATUS=0x{status:08x})")
         if update == "none":            # a forward-only pass: its cycles are not wanted
             lo, hi, flags = t.read_many(self._eval_addr)
@@ -276,13 +263,13 @@ class Trainer:
         else:
             lo, hi, flags, cycles, mul, merge = t.read_many(self._result_addr)
         if flags:
-            t.write(self._off["CTRL"], 1 << CTRL["clear_flags"])
+            t.write(self._off["CTRL"], CLEAR_FLAGS_WORD)
             if flags >> FLAGS["bus_error"] & 1:
-                raise BusError(None, 2, write=True, name="an access since the last step (the "
+                raise BusError(None, Resp.SLVERR, write=True, name="an access since the last step (the "
                                "engine's sticky FLAGS.bus_error was set)")
-        loss_raw = lo | hi << 32
-        loss = loss_raw / float(1 << 2 * cfg.formats.value.frac) / (n * cfg.n_out)
-        return StepResult(n, update, loss_raw, loss, cycles, mul, merge, flags)
+        raw = loss_raw(lo, hi)
+        loss = raw / float(1 << 2 * cfg.formats.value.frac) / (n * cfg.n_out)
+        return StepResult(n, update, raw, loss, cycles, mul, merge, flags)
 
     def _quantize(self, X, y):
         fmt = self.config.formats.value

@@ -15,18 +15,17 @@ import abc
 import time
 from collections.abc import Sequence
 
-from dpfm.rtl.regmap import CTRL, STATUS, STATUS_ERROR_SHIFT, Resp, register_map
+from dpfm.rtl.protocol import START_WORD
+from dpfm.rtl.regmap import STATUS, STATUS_ERROR_SHIFT, Resp, register_map
 
 __all__ = ["Transport", "TransportError", "BusError", "TransportTimeout", "TransportUnavailable",
            "HardwareMismatch",
-           "BUSY_MASK", "READY_MASK", "START", "sign_extend"]
+           "BUSY_MASK", "READY_MASK", "sign_extend"]
 
 #: STATUS bits that say a step is running.
 BUSY_MASK = 1 << STATUS["busy"]
 #: STATUS bits of which one is set when a started step has ended: done, or an error code.
 READY_MASK = (1 << STATUS["done"]) | (0xFF << STATUS_ERROR_SHIFT)
-#: CTRL value that starts a step.
-START = 1 << CTRL["start"]
 
 
 class TransportError(RuntimeError):
@@ -156,7 +155,7 @@ class Transport(abc.ABC):
 
         The step has ended when busy is clear and done or an error code is set.
         """
-        self.write(self.regmap["CTRL"].offset, START)
+        self.write(self.regmap["CTRL"].offset, START_WORD)
         return self.wait_idle(timeout, ready_mask=READY_MASK)
 
     def reset(self) -> None:

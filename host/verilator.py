@@ -39,7 +39,9 @@ import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from .transport import (BUSY_MASK, READY_MASK, START, BusError, Transport, TransportError,
+from dpfm.rtl.protocol import START_WORD
+
+from .transport import (BUSY_MASK, READY_MASK, BusError, Transport, TransportError,
                         TransportTimeout)
 
 __all__ = ["VerilatorTransport", "HarnessBuild", "build_harness", "source_digest", "HARNESS_CPP",
@@ -427,7 +429,7 @@ class VerilatorTransport(Transport):
 
     def run_step(self, timeout: float = 30.0) -> int:
         m = self.regmap
-        cycles = self._lib.dpfm_start_and_wait(self._handle(), m["CTRL"].offset, START,
+        cycles = self._lib.dpfm_start_and_wait(self._handle(), m["CTRL"].offset, START_WORD,
                                                m["STATUS"].offset, BUSY_MASK, READY_MASK,
                                                self.max_step_cycles, ctypes.byref(self._status))
         status = self._waited(cycles, "a step")

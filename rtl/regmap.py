@@ -128,6 +128,18 @@ class RegisterMap:
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=1)
 
+    def to_markdown(self) -> str:
+        """The map as the Markdown table docs/engine.md carries (generated, not typed)."""
+        lines = ["| name | offset | access | bits | description |", "| --- | --- | --- | --- | --- |"]
+        for r in self.registers:
+            bits = f"{r.bits}{' signed' if r.signed else ''}"
+            lines.append(f"| {r.name} | 0x{r.offset:05X} | {r.access} | {bits} | {r.doc} |")
+        for w in self.windows:
+            rows = f"; row stride {w.row_words} words" if w.row_words > 1 else ""
+            lines.append(f"| {w.name} | 0x{w.base:05X} (+4 per word, {w.length} words) | "
+                         f"{w.access} | 32 | {w.doc}{rows} |")
+        return "\n".join(lines)
+
 
 def register_map(config) -> RegisterMap:
     """The register map of the engine built for ``config`` (a :class:`dpfm.config.Config`)."""
@@ -170,3 +182,24 @@ def register_map(config) -> RegisterMap:
         if w.length > span:
             raise ValueError(f"{w.name} needs {w.length} words; the window holds {span}")
     return RegisterMap(regs, wins)
+
+
+def main(argv=None) -> int:
+    """``python -m dpfm.rtl.regmap --markdown``: docs/engine.md's register table for the
+    default Config."""
+    import argparse
+
+    from dpfm.config import Config
+
+    parser = argparse.ArgumentParser(prog="python -m dpfm.rtl.regmap",
+                                     description=main.__doc__.split(":")[0])
+    parser.add_argument("--markdown", action="store_true",
+                        help="print the register table of the default Config as Markdown")
+    args = parser.parse_args(argv)
+    if args.markdown:
+        print(register_map(Config()).to_markdown())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,7 +1,7 @@
 """The training engine on Verilator (cocotb 2.1), checked against the reference.
 
 One Verilator build per configuration (``build/sim/engine-<name>-<hash>``); the cocotb tests
-live in :mod:`dpfm.sim.tb_engine`.  The non-``sim`` tests below check, without a simulator,
+live in :mod:`dpfm.sim.engine_tests`.  The non-``sim`` tests below check, without a simulator,
 that the testbench's expected streams reproduce the reference's merged lists and that
 docs/engine.md's register table is the one the code generates.
 """
@@ -22,8 +22,8 @@ import pytest
 from dpfm.config import Config
 from dpfm.reference.kernels import topk_insert
 from dpfm.rtl.regmap import register_map
-from dpfm.sim.engine_tb import (CONFIG_ENV, FSM_ENV, expected_streams, phase_cycles,
-                                sample_batch, step_case, step_counts, step_cycles)
+from dpfm.sim.engine_expect import (CONFIG_ENV, FSM_ENV, expected_streams, phase_cycles,
+                                    sample_batch, step_case, step_counts, step_cycles)
 
 REPO = Path(__file__).resolve().parents[1]
 DIGITS = dict(net=(64, 16, 10), activations=("sigmoid", "sigmoid"))
@@ -86,7 +86,7 @@ def run_engine(name: str, config: Config, task: str, testcase=None, steps: int |
         env["DPFM_ENGINE_STEPS"] = str(steps)
     t0 = time.monotonic()
     result = run_cocotb(source_text=text, toplevel="dpfm_engine",
-                        test_module="dpfm.sim.tb_engine", name=f"engine-{name}",
+                        test_module="dpfm.sim.engine_tests", name=f"engine-{name}",
                         extra_env=env, testcase=testcase, seed=1, waves=waves)
     print(f"{name}: {result.tests} cocotb tests in {time.monotonic() - t0:.1f} s ({result.build_dir})")
     return result
@@ -178,11 +178,10 @@ def test_cycle_formula_parts():
 
 def test_docs_register_table_matches_code():
     """docs/engine.md's register table is generated from register_map(Config())."""
-    from dpfm.sim.engine_tb import register_table_markdown
     text = (REPO / "docs" / "engine.md").read_text()
-    table = register_table_markdown(register_map(Config()))
+    table = register_map(Config()).to_markdown()
     assert table in text, ("docs/engine.md's register table is out of date; regenerate it with "
-                           "`python -m dpfm.sim.engine_tb --register-table`")
+                           "`python -m dpfm.rtl.regmap --markdown`")
 
 
 def test_docs_cycle_table_matches_formula():

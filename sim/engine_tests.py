@@ -13,7 +13,7 @@ configuration.  The environment carries what the Verilog cannot tell:
 ``DPFM_ENGINE_STEPS``
     Training steps of :func:`training_steps` (default 4; the soak runs more).
 
-Every expected value comes from :mod:`dpfm.reference` through :mod:`dpfm.sim.engine_tb`.
+Every expected value comes from :mod:`dpfm.reference` through :mod:`dpfm.sim.engine_expect`.
 """
 
 from __future__ import annotations
@@ -29,11 +29,11 @@ from cocotb.triggers import ClockCycles
 
 from dpfm.reference import MLP
 from dpfm.rtl.regmap import FLAGS, ID_MAGIC, STATUS, UPDATE, Resp, StartError
-from dpfm.sim.engine_tb import (FSM_ENV, EngineTB, StreamMonitor, check_block_timing,
-                                compare_streams, config_from_env, cycle_pause, expected_flags,
-                                expected_streams, phase_cycles, random_pause, sample_batch,
-                                step_case, step_counts, step_cycles, timeline,
-                                loss_drain_cycles)
+from dpfm.sim.engine_bench import (EngineTB, StreamMonitor, check_block_timing, compare_streams,
+                                   cycle_pause, random_pause, timeline)
+from dpfm.sim.engine_expect import (FSM_ENV, config_from_env, expected_flags, expected_streams,
+                                    loss_drain_cycles, phase_cycles, sample_batch, step_case,
+                                    step_counts, step_cycles)
 
 GENERATORS = [None, cycle_pause]
 SLVERR = Resp.SLVERR
