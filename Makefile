@@ -33,9 +33,11 @@ $(SETUP_STAMP): pyproject.toml
 	touch $@
 
 # System packages the Python venv cannot carry: Debian's yosys for the xc7 resource estimates
-# (`dpfm synth`, tests/test_synth.py). Idempotent; needs root or sudo when yosys is missing.
+# (`dpfm synth`, tests/test_synth.py) and Debian's tcl, whose tclsh runs the generated build.tcl
+# over stub Vivado commands (tests/test_board_tcl.py). Idempotent; needs root or sudo when one
+# is missing.
 systools:
-	bash tools/install-yosys.sh
+	bash tools/install-systools.sh
 
 test: setup systools
 	$(RUN) pytest -q $(PYTEST_ARGS)

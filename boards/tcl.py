@@ -227,7 +227,9 @@ if {[expr {$got_offset}] != [expr {$dpfm_base}] || [dpfm_bytes $got_range] != [d
 puts "DPFM: $dpfm_cell at $got_offset, range $got_range"
 
 validate_bd_design
+# The PS7 rounds FCLK0 to what its PLL and dividers can make: the engine's clock must come out exact.
 set fclk0 [get_property CONFIG.PCW_ACT_FPGA0_PERIPHERAL_FREQMHZ $ps7]
+if {![string is double -strict $fclk0]} { dpfm_fail "FCLK0 is '$fclk0', not a frequency in MHz (expected $dpfm_fclk0_mhz)" }
 if {abs($fclk0 - $dpfm_fclk0_mhz) > 0.001} { dpfm_fail "FCLK0 is $fclk0 MHz, expected $dpfm_fclk0_mhz" }
 save_bd_design
 
@@ -267,6 +269,7 @@ foreach {name kind required} {WNS setup 1 TNS setup 0 WHS hold 1 THS hold 0} {
         if {$required} { dpfm_fail "no $name: the design has no constrained timing paths" }
         continue
     }
+    if {![string is double -strict $value]} { dpfm_fail "$name is '$value', not a slack in ns" }
     dict set slack $name $value
 }
 set report [open [file join $here $dpfm_timing] w]

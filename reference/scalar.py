@@ -28,6 +28,8 @@ __all__ = [
     "DualContext",
     "Dual",
     "merge_registers",
+    "sigmoid_slope",
+    "tanh_slope",
     "POLY_TRUE",
     "poly_data",
     "poly_loss",
@@ -94,6 +96,51 @@ def _as_float(x, what="value"):
     if isinstance(x, bool) or not isinstance(x, numbers.Real):
         raise TypeError(f"{what} must be a real number, got {x!r}")
     return float(x)
+
+
+# --------------------------------------------------------------------------
+# slopes of the saturating activations
+# --------------------------------------------------------------------------
+
+def sigmoid_slope(e):
+    """Derivative of the logistic function from ``e = exp(-|z|)``.
+
+    ``s'(z) = s(z)(1 - s(z)) = e / (1 + e)^2``, even in ``z``.  Unlike
+    ``s (1 - s)`` of a rounded ``s``, it keeps full relative accuracy when the
+    unit saturates (``1 - s`` would cancel, and be 0 from ``z = 37`` on).
+
+    Parameters
+    ----------
+    e : float or numpy.ndarray
+        ``exp(-|z|)``, in ``(0, 1]``.  Plain arithmetic only, so arrays work too
+        (:func:`dpfm.reference.activations.act_float` uses it on them).
+
+    Returns
+    -------
+    float or numpy.ndarray
+        ``s'(z)``, accurate to a few units in the last place.
+    """
+    return e / ((1.0 + e) * (1.0 + e))
+
+
+def tanh_slope(e):
+    """Derivative of ``tanh`` from ``e = exp(-2|z|)``.
+
+    ``tanh'(z) = 1 - tanh(z)^2 = 1 / cosh(z)^2 = 4 e / (1 + e)^2``, even in ``z``;
+    it keeps full relative accuracy where ``1 - t^2`` of a rounded ``t`` cancels
+    (and is 0 from ``|z| = 19`` on).
+
+    Parameters
+    ----------
+    e : float or numpy.ndarray
+        ``exp(-2|z|)``, in ``(0, 1]``.
+
+    Returns
+    -------
+    float or numpy.ndarray
+        ``tanh'(z)``, accurate to a few units in the last place.
+    """
+    return 4.0 * e / ((1.0 + e) * (1.0 + e))
 
 
 # --------------------------------------------------------------------------
@@ -432,27 +479,22 @@ class Dual:
     def tanh(self):
         """``tanh(x)``; derivative ``1 - tanh(x)^2 = sech(x)^2``.
 
-        The slope is computed as ``4 e / (1 + e)^2`` with ``e = exp(-2|x|)``,
-        which neither overflows nor cancels for large ``|x|``.
+        The slope is :func:`tanh_slope` of ``e = exp(-2|x|)``, which neither
+        overflows nor cancels for large ``|x|``.
         """
         x = self._value
-
-        def slope():
-            e = math.exp(-2.0 * abs(x))
-            return 4.0 * e / ((1.0 + e) * (1.0 + e))
-
-        return self._unary(math.tanh(x), slope)
+        return self._unary(math.tanh(x), lambda: tanh_slope(math.exp(-2.0 * abs(x))))
 
     def sigmoid(self):
         """Logistic ``s(x) = 1 / (1 + exp(-x))``; derivative ``s(x)(1 - s(x))``.
 
-        Both are evaluated stably at the input ``x`` (slope computed as
-        ``e / (1 + e)^2`` with ``e = exp(-|x|)``).
+        Both are evaluated stably at the input ``x`` (the slope is
+        :func:`sigmoid_slope` of ``e = exp(-|x|)``).
         """
         x = self._value
         e = math.exp(-abs(x))
         value = 1.0 / (1.0 + e) if x >= 0.0 else e / (1.0 + e)
-        return self._unary(value, lambda: e / ((1.0 + e) * (1.0 + e)))
+        return self._unary(value, lambda: sigmoid_slope(e))
 
     def relu(self):
         """``max(x, 0)``; derivative 1 for ``x > 0`` and 0 otherwise."""

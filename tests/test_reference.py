@@ -9,7 +9,11 @@ are written from scratch and share no code with the reference:
 
 Both use the public parameter numbering (layer by layer; W[j, i] row-major, then b[j]) and
 their own derivative formulas (``e^-z / (1 + e^-z)^2``, ``1 / cosh^2 z``), not the
-reference's ``s (1 - s)`` / ``1 - t^2``.
+reference's ``s (1 - s)`` / ``1 - t^2`` (which it uses short of saturation).
+
+Saturated sigmoid and tanh units (|z| up to 40) are checked against the scalar
+:class:`DualContext` and against 40-digit ``decimal`` arithmetic; the fixed-point tables
+against their definition, which the float path's stable slopes must not change.
 """
 
 import numpy as np
@@ -329,3 +333,88 @@ def test_without_numba_the_plain_python_loops_give_the_same_steps():
     out = {mode: subprocess.run([sys.executable, "-c", code, mode], capture_output=True, text=True,
                                 check=True).stdout for mode in ("plain", "numba")}
     assert out["plain"] == out["numba"] and out["plain"].count("\n") == 2
+
+
+# ------------------------------------------------------------------ saturated units (issue 12, defect 7)
+
+def _exact_act(name, z):
+    """``(f(z), f'(z))`` to 40 digits, from ``e = exp(-|z|)`` (sigmoid) or ``exp(-2|z|)`` (tanh)."""
+    from decimal import Decimal, localcontext
+
+    with localcontext() as ctx:
+        ctx.prec = 40
+        x = Decimal(float(z))              # the float64 z, exactly
+        if name == "sigmoid":
+            e = (-abs(x)).exp()
+            f = 1 / (1 + e) if x >= 0 else e / (1 + e)
+            d = e / (1 + e) ** 2
+        else:
+            e = (-2 * abs(x)).exp()
+            f = (1 - e) / (1 + e) * (1 if x >= 0 else -1)
+            d = 4 * e / (1 + e) ** 2
+        return float(f), float(d)
+
+
+# z from -40 to 40: the ends of the tables' range, the float path's switch points, the
+# saturation points named in the issue (tanh 8.5 and 19, sigmoid 16.5 and 37) and a fine grid
+# between. Not z = 0, where d/dw = f'(0) * 0 is an exact zero and its register rightly goes.
+SATURATION_Z = np.unique(np.concatenate([
+    np.linspace(-40.0, 40.0, 800), [-8.0, -2.0, 2.0, 4.0, 8.0, 8.5, 16.5, 19.0, 20.0, 36.9, 37.0, 40.0]]))
+
+
+@pytest.mark.parametrize("name", ["sigmoid", "tanh"])
+def test_float_mlp_and_dual_agree_on_saturated_units(name):
+    # One unit a = f(w x + b) with w = 1, b = 0, so z = x. The MLP's float path and the scalar
+    # DualContext must give the same value and the same two registers (d/dw = f'(z) x,
+    # d/db = f'(z)) for |z| up to 40, and both must be right to rounding.
+    from dpfm.reference.scalar import DualContext
+
+    z = SATURATION_Z
+    net = MLP.from_weights([(np.array([[1.0]]), np.array([0.0]))], [name])
+    fwd = net.forward(z[:, None], k=None)
+    J = fwd.dense_jacobian(net.n_params)[:, 0, :]            # columns: W[0, 0], b[0]
+    assert fwd.grad_idx.shape == (len(z), 1, 2)
+    assert (fwd.grad_idx >= 0).all(), "a register vanished"
+    exact = np.array([_exact_act(name, x) for x in z])
+    dual_value, dual_regs = [], []
+    for x in z:
+        ctx = DualContext()
+        w, b = ctx.param(1.0), ctx.param(0.0)
+        a = getattr(w * ctx.val(x) + b, name)()
+        dual_value.append(a.value)
+        dual_regs.append([a.grad(w), a.grad(b)])
+    dual_value, dual_regs = np.array(dual_value), np.array(dual_regs)
+
+    rel = 1e-13
+    np.testing.assert_allclose(fwd.value[:, 0], dual_value, rtol=rel, atol=0)
+    np.testing.assert_allclose(J, dual_regs, rtol=rel, atol=0)
+    np.testing.assert_allclose(fwd.value[:, 0], exact[:, 0], rtol=rel, atol=0)
+    np.testing.assert_allclose(J[:, 1], exact[:, 1], rtol=rel, atol=0)
+    np.testing.assert_allclose(J[:, 0], exact[:, 1] * z, rtol=rel, atol=0)
+
+
+def test_float_tanh_at_20_keeps_its_registers():
+    # The issue's reproducer: tanh(20) rounds to 1.0, and 1 - t^2 gave 0, so no register.
+    net = MLP.from_weights([(np.array([[1.0]]), np.array([0.0]))], ["tanh"])
+    fwd = net.forward(np.array([[20.0]]), k=None)
+    assert fwd.grad_idx.tolist() == [[[0, 1]]]
+    d = 4.0 * np.exp(-40.0)                                  # 1/cosh^2(20) to 1e-17 relative
+    np.testing.assert_allclose(fwd.grad_val[0, 0], [20.0 * d, d], rtol=1e-13)
+
+
+@pytest.mark.parametrize("name", ["sigmoid", "tanh"])
+def test_fixed_tables_keep_the_slope_of_the_rounded_value(name):
+    # The activation unit's ROM is bit-exact with the hardware and must not move with the float
+    # path: each entry holds f at the centre of its interval and f' = f (1 - f) or 1 - f^2 of
+    # that rounded f, in the value and derivative formats.
+    from dpfm.reference.activations import TABLE_ENTRIES, TABLE_Z_FRAC, act_table
+    from dpfm.reference.fixed import DEFAULT_FORMATS, FixedFormat
+
+    centre = (np.arange(TABLE_ENTRIES) - TABLE_ENTRIES // 2 + 0.5) / (1 << TABLE_Z_FRAC)
+    f = 1.0 / (1.0 + np.exp(-centre)) if name == "sigmoid" else np.tanh(centre)
+    d = f * (1.0 - f) if name == "sigmoid" else 1.0 - f * f
+    for value_fmt, deriv_fmt in [(DEFAULT_FORMATS.value, DEFAULT_FORMATS.deriv),
+                                 (FixedFormat(48, 40), FixedFormat(48, 46))]:
+        f_q, d_q = act_table(name, value_fmt, deriv_fmt)
+        assert np.array_equal(f_q, value_fmt.quantize(f)[0])
+        assert np.array_equal(d_q, deriv_fmt.quantize(d)[0])

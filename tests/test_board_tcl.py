@@ -1,0 +1,369 @@
+"""The generated Vivado ``build.tcl``, run for real in ``tclsh`` over stub Vivado commands.
+
+``tests/vivado_stubs.tcl`` defines every Vivado command the script calls (and nothing else: an
+undefined command stops the run), logs each call with its arguments, and plays a Vivado whose
+run succeeds unless the test asks for a failure. The tests check, from that log and from the
+files the run leaves:
+
+* the order of the build: project, block design, the PS7 configured as the PYNQ-Z2 has it
+  (the values of :data:`dpfm.boards.pynq_z2.PS7_SETTINGS`, several of them checked again
+  against PYNQ's own ``boards/Pynq-Z2/base/base.tcl``), the engine cell, the address map, the
+  runs up to the bitstream, the timing check, and ``dpfm.bit``/``dpfm.hwh`` copied next to the
+  script;
+* the failure paths, each ending the run with exit code 1, a ``DPFM-ERROR:`` line that says
+  what went wrong, and no ``dpfm.bit``: a negative WNS, no address segment for the engine
+  (and a segment of the wrong size), an FCLK0 the PS cannot make exactly;
+* the same script driven by :func:`dpfm.boards.build.run_vivado` through a ``vivado`` that is
+  a two-line shell script around ``tclsh``.
+
+``tclsh`` is Debian's ``tcl``; ``make test`` installs it (``make systools``). Without it these
+tests fail rather than skip.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from dpfm.boards import build as board_build
+from dpfm.boards.pynq_z2 import ENGINE_BASE, FCLK0_HZ, PS7_SETTINGS
+from dpfm.boards.tcl import parse_tcl_size
+from dpfm.boards.wrapper import AXI_PREFIX, TOP_NAME
+from dpfm.config import Config
+from dpfm.rtl.regmap import register_map
+
+STUBS = Path(__file__).with_name("vivado_stubs.tcl")
+PART = "xc7z020clg400-1"
+SMALL = Config(k=2, net=(2, 2, 1), activations=("sigmoid", "linear"), batch=1)
+PS7 = "/ps7"
+SEGMENT = "/ps7/Data/SEG_dpfm_reg0"
+
+# Values of the PYNQ-Z2's processing system as PYNQ's base overlay sets them
+# (Xilinx/PYNQ, boards/Pynq-Z2/base/base.tcl, the processing_system7 cell's CONFIG.* list),
+# written out here so that a slip in PS7_SETTINGS cannot pass by agreeing with itself.
+PYNQ_BASE_PS7 = {
+    "PCW_CRYSTAL_PERIPHERAL_FREQMHZ": "50",
+    "PCW_APU_PERIPHERAL_FREQMHZ": "650",
+    "PCW_PRESET_BANK0_VOLTAGE": "LVCMOS 3.3V",
+    "PCW_PRESET_BANK1_VOLTAGE": "LVCMOS 1.8V",
+    "PCW_UIPARAM_DDR_MEMORY_TYPE": "DDR 3",
+    "PCW_UIPARAM_DDR_PARTNO": "Custom",
+    "PCW_UIPARAM_DDR_BUS_WIDTH": "16 Bit",
+    "PCW_UIPARAM_DDR_DEVICE_CAPACITY": "4096 MBits",
+    "PCW_UIPARAM_DDR_DRAM_WIDTH": "16 Bits",
+    "PCW_UIPARAM_DDR_SPEED_BIN": "DDR3_1066F",
+    "PCW_UIPARAM_DDR_FREQ_MHZ": "525",
+    "PCW_UIPARAM_DDR_ROW_ADDR_COUNT": "15",
+    "PCW_UIPARAM_DDR_CL": "7",
+    "PCW_UIPARAM_DDR_CWL": "6",
+    "PCW_UIPARAM_DDR_T_RC": "50.625",
+    "PCW_UIPARAM_DDR_BOARD_DELAY0": "0.223",
+    "PCW_UIPARAM_DDR_BOARD_DELAY3": "0.092",
+    "PCW_QSPI_QSPI_IO": "MIO 1 .. 6",
+    "PCW_QSPI_GRP_FBCLK_IO": "MIO 8",
+    "PCW_UART0_UART0_IO": "MIO 14 .. 15",
+    "PCW_UART0_BAUD_RATE": "115200",
+    "PCW_ENET0_ENET0_IO": "MIO 16 .. 27",
+    "PCW_ENET0_GRP_MDIO_IO": "MIO 52 .. 53",
+    "PCW_USB0_USB0_IO": "MIO 28 .. 39",
+    "PCW_SD0_SD0_IO": "MIO 40 .. 45",
+    "PCW_SD0_GRP_CD_IO": "MIO 47",
+    "PCW_I2C0_I2C0_IO": "MIO 50 .. 51",
+    "PCW_FCLK0_PERIPHERAL_CLKSRC": "IO PLL",
+    "PCW_FPGA0_PERIPHERAL_FREQMHZ": "100",
+    "PCW_USE_M_AXI_GP0": "1",
+}
+
+
+# -- running build.tcl ----------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tclsh() -> str:
+    """Path of ``tclsh``; a failure, not a skip, when it is missing."""
+    path = shutil.which("tclsh")
+    if path is None:
+        pytest.fail("no tclsh on PATH: `make systools` (tools/install-systools.sh) installs "
+                    "Debian's tcl")
+    version = subprocess.run([path], input="puts [info tclversion]\n", capture_output=True,
+                             text=True, check=True).stdout.strip()
+    assert tuple(map(int, version.split("."))) >= (8, 6), f"tclsh {version}: need Tcl 8.6"
+    return path
+
+
+@pytest.fixture(scope="module")
+def tree_template(tmp_path_factory):
+    """A build tree of a small Config (``build.tcl``, the Verilog it adds, ``dpfm.xdc``)."""
+    return board_build.write_tree(SMALL, tmp_path_factory.mktemp("template"), board="pynq-z2")
+
+
+class Run:
+    """One run of ``build.tcl`` in ``tclsh``: exit code, output, call log and the tree."""
+
+    def __init__(self, done: subprocess.CompletedProcess, calls: list, out: Path):
+        self.code = done.returncode
+        self.stdout = done.stdout
+        self.stderr = done.stderr
+        self.calls = calls
+        self.out = out
+
+    def errors(self) -> list[str]:
+        """The script's own failure lines, without their ``DPFM-ERROR: `` prefix."""
+        return [line.removeprefix("DPFM-ERROR: ") for line in self.stdout.splitlines()
+                if line.startswith("DPFM-ERROR: ")]
+
+    def named(self, command: str) -> list[list[str]]:
+        """Arguments of every call of ``command``, in call order."""
+        return [c[1:] for c in self.calls if c[0] == command]
+
+    def index(self, *prefix: str) -> int:
+        """Position of the first call that starts with ``prefix`` (fails when there is none)."""
+        for i, call in enumerate(self.calls):
+            if tuple(call[:len(prefix)]) == prefix:
+                return i
+        raise AssertionError(f"build.tcl never called {' '.join(prefix)}")
+
+    def properties(self, obj: str) -> list[tuple[str, str]]:
+        """``(NAME, value)`` of each property set on ``obj``, in the order they were set."""
+        return [(c[2], c[3]) for c in self.calls if c[0] == "property" and c[1] == obj]
+
+
+def _unescape(word: str) -> str:
+    out, i = [], 0
+    while i < len(word):
+        if word[i] == "\\" and i + 1 < len(word):
+            out.append({"\\": "\\", "t": "\t", "n": "\n"}[word[i + 1]])
+            i += 2
+        else:
+            out.append(word[i])
+            i += 1
+    return "".join(out)
+
+
+@pytest.fixture
+def run_build(tclsh, tree_template, tmp_path):
+    """Runs a fresh copy of the tree's ``build.tcl`` in ``tclsh`` over the stubs.
+
+    Keyword arguments become the stubs' ``STUB_*`` environment variables (``wns=-0.25`` sets
+    ``STUB_WNS``). ``stale=True`` leaves a ``dpfm.bit``/``dpfm.hwh`` of an earlier build in the
+    tree first.
+    """
+
+    def run(*, stale: bool = False, **stub) -> Run:
+        out = tmp_path / "tree"
+        shutil.copytree(tree_template.out, out)
+        if stale:
+            (out / "dpfm.bit").write_text("an earlier bitstream\n")
+            (out / "dpfm.hwh").write_text("an earlier handoff\n")
+        log = tmp_path / "calls.log"
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith("STUB_") and k != "DPFM_VIVADO_JOBS"}
+        env["STUB_LOG"] = str(log)
+        env.update({f"STUB_{k.upper()}": str(v) for k, v in stub.items()})
+        done = subprocess.run([tclsh, str(STUBS), "build.tcl"], cwd=out, env=env,
+                              capture_output=True, text=True, timeout=60)
+        calls = [[_unescape(w) for w in line.split("\t")]
+                 for line in log.read_text().splitlines() if line]
+        return Run(done, calls, out)
+
+    return run
+
+
+# -- the build ------------------------------------------------------------------------------
+
+def test_tcl_build_sequence(run_build):
+    run = run_build(stale=True)
+    assert run.code == 0, run.stdout + run.stderr
+    assert run.errors() == [] and run.stderr == ""
+
+    # Milestones in the order a build must pass them.
+    milestones = [
+        ("file", "delete", "-force", str(run.out / "dpfm.bit")),
+        ("create_project",),
+        ("add_files", "-norecurse", "-fileset", "sources_1"),
+        ("create_bd_design", "system"),
+        ("create_bd_cell", "-type", "ip", "-vlnv", "xilinx.com:ip:processing_system7:5.10", "ps7"),
+        ("set_property", "-dict"),
+        ("create_bd_cell", "-type", "module", "-reference", TOP_NAME, "dpfm"),
+        ("connect_bd_intf_net", "/axi_periph/M00_AXI", f"/dpfm/{AXI_PREFIX}"),
+        ("assign_bd_address",),
+        ("set_property", "range"),
+        ("set_property", "offset"),
+        ("validate_bd_design",),
+        ("get_property", "CONFIG.PCW_ACT_FPGA0_PERIPHERAL_FREQMHZ", PS7),
+        ("save_bd_design",),
+        ("generate_target", "all"),
+        ("make_wrapper",),
+        ("launch_runs", "synth_1"),
+        ("wait_on_run", "synth_1"),
+        ("launch_runs", "impl_1", "-to_step", "write_bitstream"),
+        ("wait_on_run", "impl_1"),
+        ("open_run", "impl_1"),
+        ("report_timing_summary",),
+        ("get_property", "-quiet", "STATS.WNS", "impl_1"),
+        ("file", "copy", "-force"),
+        ("exit", "0"),
+    ]
+    positions = [run.index(*m) for m in milestones]
+    assert positions == sorted(positions), [m for _, m in sorted(zip(positions, milestones))]
+    assert run.calls[-1] == ["exit", "0"]
+
+    # The project: the board's part, the two Verilog sources and the constraints.
+    (project,) = run.named("create_project")
+    assert project == ["-force", "dpfm", str(run.out / "vivado"), "-part", PART]
+    sources = [c[-1] for c in run.named("add_files")]
+    assert sources[:2] == [f"{run.out / 'dpfm_engine.v'} {run.out / 'dpfm_top.v'}",
+                           str(run.out / "dpfm.xdc")]
+
+    # The bitstream of impl_1 and the block design's hardware handoff, copied side by side.
+    copies = run.named("file")
+    copies = [c[2:] for c in copies if c[0] == "copy"]
+    bit_src = run.out / "vivado" / "dpfm.runs" / "impl_1" / "system_wrapper.bit"
+    hwh_src = run.out / "vivado" / "dpfm.gen" / "sources_1" / "bd" / "system" / "hw_handoff" / "system.hwh"
+    assert copies == [[str(bit_src), str(run.out / "dpfm.bit")],
+                      [str(hwh_src), str(run.out / "dpfm.hwh")]]
+    assert (run.out / "dpfm.bit").read_text() == "stub bitstream\n"
+    assert (run.out / "dpfm.hwh").read_text() == '<EDKSYSTEM stub="hwh"/>\n'
+    assert board_build.read_timing(run.out / "timing.txt") == \
+        {"WNS": 0.412, "TNS": 0.0, "WHS": 0.051, "THS": 0.0}
+    assert (run.out / "timing_summary.rpt").is_file() and (run.out / "utilization.rpt").is_file()
+    assert f"DPFM: wrote {run.out / 'dpfm.bit'} and {run.out / 'dpfm.hwh'}" in run.stdout
+
+
+def test_tcl_ps7_is_the_pynq_z2(run_build):
+    run = run_build()
+    assert run.code == 0, run.stdout
+    ps7 = run.properties(PS7)
+    # Every setting of PS7_SETTINGS, once, in its order (the DDR part becomes "Custom" before
+    # its geometry is set), and nothing else.
+    expected = [(f"CONFIG.{k}", v) for _, group in PS7_SETTINGS for k, v in group]
+    assert ps7 == expected
+    got = {k.removeprefix("CONFIG."): v for k, v in ps7}
+    assert {k: got.get(k) for k in PYNQ_BASE_PS7} == PYNQ_BASE_PS7
+    assert got["PCW_FPGA0_PERIPHERAL_FREQMHZ"] == str(FCLK0_HZ // 1_000_000)
+    # The engine's port is on, the ports it does not use are off.
+    assert got["PCW_FPGA_FCLK0_ENABLE"] == "1" and got["PCW_EN_RST0_PORT"] == "1"
+    assert [got[f"PCW_FPGA_FCLK{i}_ENABLE"] for i in (1, 2, 3)] == ["0", "0", "0"]
+    # The newest processing_system7 of the catalogue (dictionary order: 5.10 after 5.9).
+    assert ["-quiet", "xilinx.com:ip:processing_system7:*"] in run.named("get_ipdefs")
+
+
+def test_tcl_engine_cell_and_address_map(run_build, tree_template):
+    run = run_build()
+    assert run.code == 0, run.stdout
+    # The engine is a module reference to the wrapper, which the project's sources define.
+    cells = run.named("create_bd_cell")
+    assert [c for c in cells if "-reference" in c] == [["-type", "module", "-reference", TOP_NAME, "dpfm"]]
+    assert {c[-1] for c in cells} == {"ps7", "rst_fclk0", "axi_periph", "dpfm"}
+    # Its clock, reset and AXI4-Lite port.
+    nets = run.named("connect_bd_net")
+    assert any(n[0] == "/ps7/FCLK_CLK0" and "/dpfm/aclk" in n for n in nets)
+    assert any(n[0] == "/rst_fclk0/peripheral_aresetn" and "/dpfm/aresetn" in n for n in nets)
+    assert ["/ps7/M_AXI_GP0", "/axi_periph/S00_AXI"] in run.named("connect_bd_intf_net")
+    # The address map: after assign_bd_address, the engine's one segment in the PS's data
+    # space gets the host's base address and the register map's size.
+    assert run.index("assign_bd_address") < run.index("get_bd_addr_segs")
+    assert run.named("get_bd_addr_segs") == [["-quiet", "ps7/Data/SEG_dpfm_*"]]
+    segment = dict(run.properties(SEGMENT))
+    assert int(segment["OFFSET"], 16) == ENGINE_BASE
+    assert parse_tcl_size(segment["RANGE"]) == register_map(SMALL).size
+    info = board_build.load_build_info(tree_template.info)[0]
+    assert (info["base_address"], info["address_range"]) == (ENGINE_BASE, register_map(SMALL).size)
+    assert f"DPFM: dpfm at 0x{ENGINE_BASE:08X}, range {segment['RANGE']}" in run.stdout
+
+
+# -- failure paths --------------------------------------------------------------------------
+
+def _stopped_before_outputs(run: Run):
+    """The run failed with exit code 1 and left no bitstream or handoff next to the script."""
+    assert run.code == 1, run.stdout + run.stderr
+    assert run.calls[-1] == ["exit", "1"]
+    assert not (run.out / "dpfm.bit").exists() and not (run.out / "dpfm.hwh").exists()
+    assert not [c for c in run.named("file") if c[0] == "copy"]
+
+
+def test_tcl_negative_wns_fails(run_build):
+    run = run_build(wns="-0.250", tns="-3.125", stale=True)
+    _stopped_before_outputs(run)
+    assert run.errors() == ["timing not met: WNS = -0.250 ns (see timing_summary.rpt)"]
+    # The slacks are still written for the Python side to report.
+    assert board_build.read_timing(run.out / "timing.txt")["WNS"] == -0.25
+
+
+def test_tcl_negative_hold_slack_fails(run_build):
+    run = run_build(whs="-0.020")
+    _stopped_before_outputs(run)
+    assert run.errors() == ["timing not met: WHS = -0.020 ns (see timing_summary.rpt)"]
+
+
+def test_tcl_unreadable_slack_fails(run_build):
+    # Tcl's `<` compares words as strings: "N/A" < 0 is false, and would have passed.
+    run = run_build(wns="N/A")
+    _stopped_before_outputs(run)
+    assert run.errors() == ["WNS is 'N/A', not a slack in ns"]
+
+
+@pytest.mark.parametrize("count,found", [(0, ""), (2, f"{SEGMENT} /ps7/Data/SEG_dpfm_reg1")])
+def test_tcl_address_segment_missing_fails(run_build, count, found):
+    run = run_build(segments=count)
+    _stopped_before_outputs(run)
+    assert run.errors() == [f"expected one address segment of dpfm in ps7/Data, found '{found}'"]
+    assert not run.named("launch_runs")
+
+
+def test_tcl_address_segment_wrong_range_fails(run_build):
+    run = run_build(segment_range="4K")
+    _stopped_before_outputs(run)
+    size = register_map(SMALL).size
+    assert run.errors() == [f"address segment is 0x{ENGINE_BASE:08X}/4K, expected "
+                            f"0x{ENGINE_BASE:08X}/{size >> 10}K"]
+    assert not run.named("launch_runs")
+
+
+@pytest.mark.parametrize("actual,message", [
+    ("90.909088", "FCLK0 is 90.909088 MHz, expected 100"),
+    ("100.100000", "FCLK0 is 100.100000 MHz, expected 100"),
+    ("unknown", "FCLK0 is 'unknown', not a frequency in MHz (expected 100)"),
+])
+def test_tcl_wrong_fclk0_fails(run_build, actual, message):
+    run = run_build(fclk0_act=actual)
+    _stopped_before_outputs(run)
+    assert run.errors() == [message]
+    assert not run.named("launch_runs")
+
+
+def test_tcl_fclk0_within_rounding_passes(run_build):
+    run = run_build(fclk0_act="100.000500")
+    assert run.code == 0, run.stdout
+
+
+# -- through run_vivado ---------------------------------------------------------------------
+
+def _vivado_over_tclsh(path: Path, tclsh: str) -> Path:
+    """A ``vivado`` that runs ``-source SCRIPT`` in tclsh over the stubs, output to ``-log``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(
+        "#!/bin/sh\n"
+        "# vivado -mode batch -source SCRIPT -log LOG ...: SCRIPT in tclsh, output to LOG\n"
+        'while [ $# -gt 0 ]; do case "$1" in -source) src=$2; shift;; -log) log=$2; shift;; esac; shift; done\n'
+        f'exec "{tclsh}" "{STUBS}" "$src" >"$log" 2>&1\n')
+    path.chmod(path.stat().st_mode | stat.S_IXUSR)
+    return path
+
+
+def test_run_vivado_over_tclsh(tclsh, tmp_path, monkeypatch):
+    tree = board_build.write_tree(SMALL, tmp_path / "tree", board="pynq-z2")
+    vivado = _vivado_over_tclsh(tmp_path / "bin" / "vivado", tclsh)
+    monkeypatch.setenv("STUB_LOG", str(tmp_path / "calls.log"))
+    assert board_build.run_vivado(tree, str(vivado), jobs=2, quiet=True)["WNS"] == 0.412
+    assert "launch_runs\tsynth_1\t-jobs\t2" in (tmp_path / "calls.log").read_text()
+    assert tree.bitstream.is_file() and tree.hwh.is_file()
+
+    monkeypatch.setenv("STUB_WNS", "-1.5")
+    with pytest.raises(board_build.BuildFailed, match=r"timing not met: WNS = -1.5 ns"):
+        board_build.run_vivado(tree, str(vivado), quiet=True)
+    assert not tree.bitstream.exists()
