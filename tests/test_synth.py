@@ -117,13 +117,6 @@ def test_bad_flags_exit_2_with_one_line(capsys, tmp_path):
     assert not (tmp_path / "x.json").exists()
 
 
-def test_engine_not_available_exits_2(monkeypatch, capsys):
-    monkeypatch.setitem(sys.modules, "dpfm.rtl.engine", None)     # import fails
-    assert synth.main(["--block", "engine", "--k", "4"]) == 2
-    err = capsys.readouterr().err
-    assert "--block engine is not available" in err and err.count("\n") == 1
-
-
 def test_missing_yosys_is_reported(tmp_path, capsys):
     rc = synth.main(["--block", "dual_scale", "--k", "1", "--yosys", "no-such-yosys",
                      "--workdir", str(tmp_path)])
