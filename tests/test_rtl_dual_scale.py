@@ -331,3 +331,56 @@ def test_defaults_and_read_only_parameters():
     with pytest.raises(AttributeError):
         ds.lanes = 3
     assert DualScale(cfg, scalar_fmt=cfg.formats.deriv, lanes=5).phases == 1
+
+
+# -- rounding ties ---------------------------------------------------------------------------
+
+def tie_products(sfmt: FixedFormat, limit: int):
+    """``(operand, scalar)`` pairs whose product drops exactly one half LSB when shifted
+    right by ``sfmt.frac``, and one below and one above, each with positive and negative
+    products; operands within ``+-limit``.
+
+    Odd scalars (both signs, small and near the format's ends) reach every residue through
+    their inverse modulo ``2**frac``; ``+-2**(frac-1)`` times an odd operand is a tie by itself.
+    """
+    s = sfmt.frac
+    mod, half = 1 << s, 1 << (s - 1)
+    pairs = []
+    odd = [1, -1, 3, -3, 4097, -4097, 12345, -12345, sfmt.max_int, sfmt.min_int + 1]
+    for scalar in odd:
+        inv = pow(scalar, -1, mod)
+        for want in (half, half - 1, half + 1):
+            r0 = want * inv % mod
+            for op in (r0, r0 - mod):          # same dropped bits, opposite signs
+                if -limit <= op <= limit:
+                    pairs.append((op, scalar))
+    for scalar in (half, -half):
+        pairs += [(op, scalar) for op in (1, -1, 3, -3, 7, -7)]
+    return pairs
+
+
+@pytest.mark.parametrize("k,lanes,scalar", [(4, 5, "weight"), (4, 5, "deriv"), (3, 2, "weight"),
+                                            (3, 2, "deriv")])
+def test_rounding_ties_and_neighbours(benches, k, lanes, scalar):
+    """Products whose dropped bits are exactly one half round toward plus infinity, as the
+    reference's ``round_shift`` (``(x + 2**(s-1)) >> s``): ``+2.5 -> 3`` and ``-2.5 -> -2``,
+    never down; one below and one above a tie round to the nearer neighbour.
+
+    Directed, not drawn: every pair from :func:`tie_products` goes through the value slot and
+    every register slot at once, in both scalar formats (frac 12 and 16), with one multiplier
+    per product and with time-shared lanes.  Compared with :func:`dpfm.reference.dual_scale`.
+    """
+    bench = benches(k, lanes, scalar)
+    cfg, sfmt = bench.dut.config, bench.dut.scalar_fmt
+    f = cfg.formats
+    s, half = sfmt.frac, 1 << (sfmt.frac - 1)
+    pairs = tie_products(sfmt, f.grad.max_int)
+    # the inputs' placement: ties and their neighbours, products of both signs, not clamped
+    low = [(op * sc) & ((1 << s) - 1) for op, sc in pairs]
+    assert {half - 1, half, half + 1} <= set(low)
+    ties = [op * sc for (op, sc), lo in zip(pairs, low) if lo == half]
+    inside = [p for p in ties if abs(p) >> s < f.grad.max_int]     # rounded, not clamped
+    assert sum(p > 0 for p in inside) >= 8 and sum(p < 0 for p in inside) >= 8
+    # every pair in the value slot and in every register slot
+    cases = [(op, [(j + 1, op) for j in range(k)], sc) for op, sc in pairs]
+    check(bench, cfg, sfmt, cases)
