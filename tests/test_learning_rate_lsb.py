@@ -5,7 +5,7 @@ integers, *at least 1*: a positive rate never quantizes to 0, which the engine r
 (error 3, "maxnorm learning rate is 0").  So a maxnorm step with ``lr`` at or below one LSB
 (``2**-weight.frac``; 2.4e-4 in the default 18.12, half of it 1.2e-4) moves the parameter of
 largest ``|delta|`` by exactly one LSB (``theta -= lr_q * delta / max|delta|`` with
-``lr_q = 1``), and the host's Trainer over :class:`~dpfm.host.FixedTransport` trains with it
+``lr_q = 1``), and the host's Trainer over :class:`~dpfm.host.EmulatorTransport` trains with it
 exactly as :meth:`dpfm.reference.MLP.fit` does.  The engine's RTL side of the same contract is
 in tests/test_rtl_engine.py.
 """
@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from dpfm.config import Config
-from dpfm.host import FixedTransport, Trainer
+from dpfm.host import EmulatorTransport, Trainer
 from dpfm.reference import MLP, FixedFormat, Formats, lr_quantize, weights_sha256
 
 FORMATS = {"default": Formats(), "uniform-16.8": Formats.uniform(FixedFormat(16, 8))}
@@ -86,7 +86,7 @@ def sum4():
 
 @pytest.mark.parametrize("lr", [2.0 ** -12, 1.2e-4, 1e-5, 1e-300])
 def test_trainer_over_fixed_transport_accepts_lr_below_one_lsb(sum4, lr):
-    """The host path (Trainer -> LR_Q -> FixedTransport) accepts a rate at and below one LSB,
+    """The host path (Trainer -> LR_Q -> EmulatorTransport) accepts a rate at and below one LSB,
     without the engine's error 3, and ends with the reference's weights and losses; those
     weights have moved from the initial ones."""
     X, y = sum4
@@ -95,7 +95,7 @@ def test_trainer_over_fixed_transport_accepts_lr_below_one_lsb(sum4, lr):
     start = cfg.formats.weight.quantize(ref.params)[0]
     hist = ref.fit(X, y, k=cfg.k, epochs=2, batch=cfg.batch, lr=lr, update="maxnorm",
                    fmt=cfg.formats, policy=cfg.policy, seed=1)
-    trainer = Trainer(cfg, FixedTransport(cfg))
+    trainer = Trainer(cfg, EmulatorTransport(cfg))
     trainer.load_weights(MLP(cfg.net, cfg.activations, seed=1))
     got = trainer.fit(X, y, epochs=2, lr=lr, update="maxnorm", seed=1)
     assert got.train_loss == hist.train_loss

@@ -6,7 +6,7 @@ made writable -- must change this file too, by hand.  Against the tables, not ag
 map itself (which a fault would change along with it):
 
 - the map of the default :class:`~dpfm.config.Config` equals the tables;
-- :class:`~dpfm.host.FixedTransport` answers every write to a read-only register or window
+- :class:`~dpfm.host.EmulatorTransport` answers every write to a read-only register or window
   with :class:`~dpfm.host.BusError` and keeps the value, refuses reads of the write-only
   CTRL, and accepts the read-write ones;
 - the engine's RTL (:class:`~dpfm.rtl.engine.Engine` in Amaranth's simulator) does the same.
@@ -18,7 +18,7 @@ import pytest
 from amaranth_engine import AmaranthTransport
 
 from dpfm.config import Config
-from dpfm.host import BusError, FixedTransport
+from dpfm.host import BusError, EmulatorTransport
 from dpfm.rtl.regmap import CTRL, FLAGS, register_map
 
 #: ``(name, byte offset, access, bits, signed)`` of every register of ``Config()``, in map order.
@@ -121,9 +121,9 @@ def _check_access(t, config):
 
 @pytest.mark.parametrize("config", [Config(), SMALL], ids=["default", "small"])
 def test_fixed_transport_enforces_the_pinned_access(config):
-    """FixedTransport: BusError on a write to every read-only register and window (value
+    """EmulatorTransport: BusError on a write to every read-only register and window (value
     kept), on a read of the write-only CTRL; the read-write ones take a value."""
-    _check_access(FixedTransport(config), config)
+    _check_access(EmulatorTransport(config), config)
 
 
 def test_engine_rtl_enforces_the_pinned_access():

@@ -16,7 +16,7 @@ from amaranth_engine import AmaranthTransport
 
 from dpfm.config import Config
 from dpfm.host import StepRefused, Trainer
-from dpfm.host.fixed import sign_extend
+from dpfm.host.transport import sign_extend
 from dpfm.reference import MLP
 from dpfm.rtl.regmap import register_map
 

@@ -4,7 +4,6 @@ import json
 import os
 import shutil
 import stat
-import sys
 
 import pytest
 from amaranth.hdl import Module, signed
