@@ -23,13 +23,13 @@ export WAVES
 RUN = export VERILATOR_ROOT="$$($(VPY) -c 'import os, verilator; print(os.path.dirname(verilator.__file__))')"; \
       export PATH="$(VENV_BIN):$$VERILATOR_ROOT/bin:$$PATH";
 
-.PHONY: setup systools test demo sim soak bench experiments synth bitstream toolchain clean
+.PHONY: setup systools test demo sim soak bench experiments synth bitstream toolchain wheel clean
 
 setup: $(SETUP_STAMP)
 
 $(SETUP_STAMP): pyproject.toml
 	test -x $(VPY) || $(PYTHON) -m venv $(VENV)
-	$(VPY) -m pip install --quiet -e .
+	$(VPY) -m pip install --quiet -e '.[sim,dev,experiments]'
 	touch $@
 
 # System packages the Python venv cannot carry: Debian's yosys for the xc7 resource estimates
@@ -73,6 +73,10 @@ toolchain: setup
 	$(RUN) which verilator; echo "VERILATOR_ROOT=$$VERILATOR_ROOT"; verilator --version; \
 	    python -c 'import dpfm.toolchain as r; print("Verilator %d.%03d" % r.verilator_version())'
 
+# The package for the board: dist/dpfm-<version>-py3-none-any.whl (needs only numpy and tqdm).
+wheel: setup
+	$(VPY) -m pip wheel --quiet --no-deps --wheel-dir dist .
+
 clean:
-	rm -rf build sim_build .pytest_cache .hypothesis
+	rm -rf build dist sim_build .pytest_cache .hypothesis
 	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -109,6 +109,16 @@ def _environ(**values: str):
                 os.environ[name] = value
 
 
+def _rewrite_only(test_module) -> dict:
+    """cocotb rewrites the asserts of every module imported after it starts (pattern
+    ``*.py``), the reference's numba kernels included, whose compilation then fails when no
+    cached build exists ("Unknown attribute '_call_reprcompare'").  Rewrite the test
+    modules only."""
+    modules = [test_module] if isinstance(test_module, str) else list(test_module)
+    return {"COCOTB_REWRITE_ASSERTION_FILES": " ".join(
+        f"{m.rpartition('.')[2]}.py" for m in modules)}
+
+
 def _log_tail(path: Path, lines: int = 40) -> str:
     with contextlib.suppress(OSError):
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
@@ -276,7 +286,7 @@ def run_cocotb(
                 results_xml=str(results_xml),
                 testcase=testcase,
                 seed=seed,
-                extra_env=dict(extra_env or {}),
+                extra_env={**_rewrite_only(test_module), **(extra_env or {})},
                 waves=waves,
                 timescale=timescale,
                 log_file=test_log,
