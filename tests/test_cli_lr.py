@@ -1,6 +1,6 @@
 """Bad learning rates on the ``dpfm`` command line: the bad-input contract for ``--lr``.
 
-A learning rate must be a finite number above 0 (``dpfm.runs.prepare`` checks it before
+A learning rate must be a finite number above 0 (``dpfm.spec.prepare`` checks it before
 anything trains).  Each bad one -- negative, zero, one that rounds to zero, NaN, infinite,
 not a number -- must end ``dpfm train`` (and ``dpfm sweep``) like every other bad input (see
 tests/test_cli.py): exit code 2, one line ``dpfm: error: ...`` on stderr naming the value, no

@@ -81,7 +81,7 @@ def test_bitstream_from_the_environment(some_pynq, tmp_path, monkeypatch):
     assert check_available(CFG)[0] == bit
 
 
-def test_cli_backend_pynq_exits_2_naming_pynq(no_pynq, tmp_path, monkeypatch, capsys):
+def test_cli_pynq_backend_exits_2_naming_pynq(no_pynq, tmp_path, monkeypatch, capsys):
     from dpfm.cli import main
 
     monkeypatch.setenv("DPFM_BITSTREAM", str(board_files(tmp_path, Config(k=4))))

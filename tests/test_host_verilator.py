@@ -274,7 +274,7 @@ def _bus_script(t):
         except BusError as e:
             out.append(("w", addr, f"resp{e.resp}"))
 
-    skip = {"CYCLES", "MUL_BUSY", "MERGE_BUSY"}            # the fixed transport counts no cycles
+    skip = {"CYCLES", "MUL_BUSY", "MERGE_BUSY"}            # the emulator counts no cycles
     for r in m.registers:
         if r.name not in skip:
             rd(r.offset)
@@ -325,7 +325,7 @@ def test_engine_bus_answers_as_the_fixed_transport_models_it(engine):
     hw = _bus_script(engine)
     ref = _bus_script(EmulatorTransport(CFG))
     for a, b in zip(hw, ref, strict=True):
-        assert a == b, f"engine {a} != fixed transport {b}"
+        assert a == b, f"engine {a} != emulator {b}"
 
 
 def test_verilator_backend_equals_emulator(engine):
