@@ -38,6 +38,8 @@ from dpfm.rtl.regmap import register_map
 from dpfm.rtl.synth import LINT_WAIVED
 from dpfm.toolchain import AMARANTH_WAIVED_WARNINGS, ensure_verilator_env
 
+from pynq_z2_base import PYNQ_BASE_PS7
+
 PART = "xc7z020clg400-1"
 DEFAULT = Config(k=16)                           # what `make bitstream` builds (K ?= 16)
 SMALL = Config(k=2, net=(2, 2, 1), activations=("sigmoid", "linear"), batch=1)
@@ -147,25 +149,7 @@ def test_tcl_part_and_project():
 
 def test_tcl_ps7_is_the_pynq_z2():
     config = _ps7_config(_tcl_text(DEFAULT))
-    expected = {
-        "PCW_CRYSTAL_PERIPHERAL_FREQMHZ": "50",
-        "PCW_UIPARAM_DDR_MEMORY_TYPE": "DDR 3",
-        "PCW_UIPARAM_DDR_PARTNO": "Custom",
-        "PCW_UIPARAM_DDR_BUS_WIDTH": "16 Bit",
-        "PCW_UIPARAM_DDR_DEVICE_CAPACITY": "4096 MBits",
-        "PCW_UIPARAM_DDR_DRAM_WIDTH": "16 Bits",
-        "PCW_UIPARAM_DDR_SPEED_BIN": "DDR3_1066F",
-        "PCW_UIPARAM_DDR_FREQ_MHZ": "525",
-        "PCW_UART0_UART0_IO": "MIO 14 .. 15",
-        "PCW_SD0_SD0_IO": "MIO 40 .. 45",
-        "PCW_USB0_USB0_IO": "MIO 28 .. 39",
-        "PCW_ENET0_ENET0_IO": "MIO 16 .. 27",
-        "PCW_PRESET_BANK0_VOLTAGE": "LVCMOS 3.3V",
-        "PCW_PRESET_BANK1_VOLTAGE": "LVCMOS 1.8V",
-        "PCW_FPGA0_PERIPHERAL_FREQMHZ": "100",
-        "PCW_FPGA_FCLK0_ENABLE": "1",
-        "PCW_USE_M_AXI_GP0": "1",
-    }
+    expected = {**PYNQ_BASE_PS7, "PCW_FPGA_FCLK0_ENABLE": "1"}
     assert {k: config.get(k) for k in expected} == expected
     assert FCLK0_HZ == 100_000_000
     # Every setting of the board description reaches the script, and nothing else.

@@ -37,47 +37,13 @@ from dpfm.boards.wrapper import AXI_PREFIX, TOP_NAME
 from dpfm.config import Config
 from dpfm.rtl.regmap import register_map
 
+from pynq_z2_base import PYNQ_BASE_PS7
+
 STUBS = Path(__file__).with_name("vivado_stubs.tcl")
 PART = "xc7z020clg400-1"
 SMALL = Config(k=2, net=(2, 2, 1), activations=("sigmoid", "linear"), batch=1)
 PS7 = "/ps7"
 SEGMENT = "/ps7/Data/SEG_dpfm_reg0"
-
-# Values of the PYNQ-Z2's processing system as PYNQ's base overlay sets them
-# (Xilinx/PYNQ, boards/Pynq-Z2/base/base.tcl, the processing_system7 cell's CONFIG.* list),
-# written out here so that a slip in PS7_SETTINGS cannot pass by agreeing with itself.
-PYNQ_BASE_PS7 = {
-    "PCW_CRYSTAL_PERIPHERAL_FREQMHZ": "50",
-    "PCW_APU_PERIPHERAL_FREQMHZ": "650",
-    "PCW_PRESET_BANK0_VOLTAGE": "LVCMOS 3.3V",
-    "PCW_PRESET_BANK1_VOLTAGE": "LVCMOS 1.8V",
-    "PCW_UIPARAM_DDR_MEMORY_TYPE": "DDR 3",
-    "PCW_UIPARAM_DDR_PARTNO": "Custom",
-    "PCW_UIPARAM_DDR_BUS_WIDTH": "16 Bit",
-    "PCW_UIPARAM_DDR_DEVICE_CAPACITY": "4096 MBits",
-    "PCW_UIPARAM_DDR_DRAM_WIDTH": "16 Bits",
-    "PCW_UIPARAM_DDR_SPEED_BIN": "DDR3_1066F",
-    "PCW_UIPARAM_DDR_FREQ_MHZ": "525",
-    "PCW_UIPARAM_DDR_ROW_ADDR_COUNT": "15",
-    "PCW_UIPARAM_DDR_CL": "7",
-    "PCW_UIPARAM_DDR_CWL": "6",
-    "PCW_UIPARAM_DDR_T_RC": "50.625",
-    "PCW_UIPARAM_DDR_BOARD_DELAY0": "0.223",
-    "PCW_UIPARAM_DDR_BOARD_DELAY3": "0.092",
-    "PCW_QSPI_QSPI_IO": "MIO 1 .. 6",
-    "PCW_QSPI_GRP_FBCLK_IO": "MIO 8",
-    "PCW_UART0_UART0_IO": "MIO 14 .. 15",
-    "PCW_UART0_BAUD_RATE": "115200",
-    "PCW_ENET0_ENET0_IO": "MIO 16 .. 27",
-    "PCW_ENET0_GRP_MDIO_IO": "MIO 52 .. 53",
-    "PCW_USB0_USB0_IO": "MIO 28 .. 39",
-    "PCW_SD0_SD0_IO": "MIO 40 .. 45",
-    "PCW_SD0_GRP_CD_IO": "MIO 47",
-    "PCW_I2C0_I2C0_IO": "MIO 50 .. 51",
-    "PCW_FCLK0_PERIPHERAL_CLKSRC": "IO PLL",
-    "PCW_FPGA0_PERIPHERAL_FREQMHZ": "100",
-    "PCW_USE_M_AXI_GP0": "1",
-}
 
 
 # -- running build.tcl ----------------------------------------------------------------------
