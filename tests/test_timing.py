@@ -305,3 +305,31 @@ def test_synth_cli_timing_flag(tmp_path, capsys):
     assert t["estimate"] is True and t["fmax_mhz"] > 0 and len(t["paths"]) >= 1
     names = [p["start"] for p in t["paths"]] + [p["end"] for p in t["paths"]]
     assert not any(n.startswith("$") for n in names[:2]), names
+
+
+@pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")
+def test_board_estimate_includes_engine_timing(monkeypatch, tmp_path, capsys):
+    """`make synth` (boards.build --estimate --timing): the engine's ESTIMATE in the JSON.
+
+    Yosys is faked (the whole engine takes minutes); the netlist is a hand-made one.
+    """
+    import gc
+
+    from dpfm.boards import build as board_build
+    n = Netlist()
+    n.ff(n.lut(n.lut(n.ff("0", "lane0.acc"))), "lane0.sum")
+    netlist = tmp_path / "engine.netlist.json"
+    netlist.write_text(json.dumps(n.json()))
+    cells = {"LUT2": 2, "FDRE": 2}
+    fake = dict(synth.summarize(cells, 0), cells=cells, yosys="Yosys 0.23", log="yosys.log",
+                netlist=str(netlist))
+    monkeypatch.setattr(synth, "estimate", lambda c, top, workdir: fake)
+    out = tmp_path / "est.json"
+    assert board_build.main(["--k", "2", "--batch", "1", "--estimate", "--timing", "--json",
+                             str(out), "--out", str(tmp_path / "work")]) == 0
+    assert "ESTIMATE worst register-to-register path" in capsys.readouterr().out
+    t = json.loads(out.read_text())["timing"]
+    assert t["paths"][0]["start"] == "lane0.acc" and t["paths"][0]["end"] == "lane0.sum"
+    assert t["groups"]["lane0"]["end"] == "lane0.sum"
+    assert board_build.main(["--timing"]) == 2
+    gc.collect()
