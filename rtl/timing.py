@@ -227,8 +227,13 @@ class TimingReport:
         ``{block: (worst_ns, end)}``: the worst path ending in each top-level part of the
         design (the first component of the end register's hierarchical name).
     port_paths : list of TimingPath
-        The worst paths that start at an input port or end at an output port (not counted
-        in ``worst_ns``: at the engine's top level these are the AXI wires).
+        The worst paths that start at an input port or end at an output port, timed as if a
+        register outside drove each input (T_CKO) and captured each output (net + T_DICK).
+        Not counted in ``worst_ns``; for a block synthesised alone (``dpfm synth --block``)
+        they are the paths its neighbours' registers would see.
+    boundary_worst_ns : float
+        ``max(worst_ns, port_paths[0].delay_ns)``: the block's worst path with registered
+        neighbours.
     unknown_cells : dict
         Cell types the model does not know, with counts (timed as a LUT, all inputs to all
         outputs).
@@ -243,9 +248,14 @@ class TimingReport:
     unknown_cells: dict
     model: DelayModel = XC7Z020_1
 
+    @property
+    def boundary_worst_ns(self) -> float:
+        return max([self.worst_ns] + [p.delay_ns for p in self.port_paths])
+
     def to_dict(self) -> dict:
         return {"estimate": True, "worst_ns": round(self.worst_ns, 3),
                 "fmax_mhz": None if math.isinf(self.fmax_mhz) else round(self.fmax_mhz, 1),
+                "boundary_worst_ns": round(self.boundary_worst_ns, 3),
                 "paths": [p.to_dict() for p in self.paths],
                 "groups": {k: {"worst_ns": round(v[0], 3), "end": v[1]}
                            for k, v in self.groups.items()},
@@ -534,19 +544,22 @@ def analyze(netlist: dict, *, model: DelayModel = XC7Z020_1, top: str | None = N
             outs = [p for p, d in dirs.items() if d == "output"]
             comb(ci, conn, ins, outs, m.lut_ns[5])
 
-    # Input ports are start points of port paths; output ports are end points.
+    # Input ports are start points of port paths, output ports their end points, as if a
+    # register outside the netlist drove each input and captured each output.
     port_starts = set()
     for pname, port in mod.get("ports", {}).items():
         if port["direction"] == "input":
             width = len(port["bits"])
             for i, b in enumerate(port["bits"]):
                 if isinstance(b, int) and b not in g.starts:
-                    g.start(b, 0.0, ("port", _display(pname) + (f"[{i}]" if width > 1 else "")))
+                    g.start(b, m.ff_clk_to_q,
+                            ("port", _display(pname) + (f"[{i}]" if width > 1 else "")))
                     port_starts.add(b)
         elif port["direction"] == "output":
             for b in port["bits"]:
                 if isinstance(b, int):
-                    g.ends.append((b, 0.0, ("port", pname), pname))
+                    g.ends.append((b, hop(b) + m.ff_setup_d, ("port", _display(pname)),
+                                   _display(pname)))
 
     arrival, pred = _longest(g, names)
 
@@ -864,8 +877,11 @@ def format_report(report: TimingReport, title: str = "") -> str:
         for grp, (ns, end) in list(report.groups.items())[:20]:
             lines.append(f"  {ns:7.2f} ns  {grp:<28} {end}")
     if report.port_paths:
-        lines.append(_path_table("ESTIMATE port paths (input port start or output port end; "
-                                 "not in fmax)", report.port_paths[:5]))
+        lines.append(f"ESTIMATE with registered neighbours (ports driven/captured by registers "
+                     f"outside): worst {report.boundary_worst_ns:.2f} ns, fmax "
+                     f"~{1000 / report.boundary_worst_ns:.1f} MHz")
+        lines.append(_path_table("ESTIMATE port paths (not in the fmax above)",
+                                 report.port_paths[:5]))
     if report.unknown_cells:
         lines.append("ESTIMATE cells timed as a LUT (unknown to the model): "
                      + ", ".join(f"{t} x{n}" for t, n in sorted(report.unknown_cells.items())))

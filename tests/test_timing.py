@@ -236,6 +236,10 @@ def test_port_paths_do_not_set_fmax():
     assert r.worst_ns == pytest.approx(M.ff_clk_to_q + hop() + M.ff_setup_d, abs=1e-3)
     assert r.port_paths[0].start == "i_data" and r.port_paths[0].end == "captured"
     assert r.port_paths[0].depth == "4 LUT"
+    # a register outside drives the port
+    assert r.port_paths[0].delay_ns == pytest.approx(M.ff_clk_to_q + 4 * (hop() + M.lut_ns[0])
+                                                     + hop() + M.ff_setup_d, abs=1e-3)
+    assert r.boundary_worst_ns == r.port_paths[0].delay_ns
 
 
 def test_report_text_and_json_say_estimate():
