@@ -546,29 +546,31 @@ def analyze(netlist: dict, *, model: DelayModel = XC7Z020_1, top: str | None = N
 
     # Input ports are start points of port paths, output ports their end points, as if a
     # register outside the netlist drove each input and captured each output.
-    port_starts = set()
+    port_starts = {}
     for pname, port in mod.get("ports", {}).items():
         if port["direction"] == "input":
             width = len(port["bits"])
             for i, b in enumerate(port["bits"]):
                 if isinstance(b, int) and b not in g.starts:
-                    g.start(b, m.ff_clk_to_q,
-                            ("port", _display(pname) + (f"[{i}]" if width > 1 else "")))
-                    port_starts.add(b)
+                    port_starts[b] = (m.ff_clk_to_q,
+                                      ("port", _display(pname) + (f"[{i}]" if width > 1 else "")))
         elif port["direction"] == "output":
             for b in port["bits"]:
                 if isinstance(b, int):
                     g.ends.append((b, hop(b) + m.ff_setup_d, ("port", _display(pname)),
                                    _display(pname)))
 
-    arrival, pred = _longest(g, names)
+    # Two passes, so that a port path cannot hide a register path to the same end point.
+    element_starts = dict(g.starts)
+    passes = [(element_starts, _longest(g, names, element_starts)),
+              (port_starts, _longest(g, names, port_starts))]
 
     def kind(c):
         if isinstance(c, tuple):
             return "input" if c[0] == "port" else "?"
         return cells[c][1]["type"]
 
-    def trace(node):
+    def trace(node, pred):
         """Cells from the start element to the node, and the start node."""
         chain = []
         while True:
@@ -602,24 +604,24 @@ def analyze(netlist: dict, *, model: DelayModel = XC7Z020_1, top: str | None = N
         return re.sub(r"\.\d+", "", f"{_element_name(cells[c], names)}.{pin}")
 
     reg_paths, port_paths, groups = [], [], {}
-    for b, extra, c, pin in g.ends:
-        a = arrival.get(b)
-        if a is None:
-            continue
-        total = a + extra
-        chain, snode = trace(b)
-        s_arr, s_cell = g.starts.get(snode, (0.0, None))
-        is_port = isinstance(c, tuple) or (snode in port_starts
-                                           and isinstance(g.starts[snode][1], tuple))
-        rec = (total, b, c, pin, chain, snode, s_cell)
-        if is_port:
-            port_paths.append(rec)
-        else:
-            reg_paths.append(rec)
-            ename = end_name(c, b, pin)
-            grp = ename.split(".", 1)[0] if "." in ename else "(top)"
-            if grp not in groups or total > groups[grp][0]:
-                groups[grp] = (total, ename)
+    for starts, (arrival, pred) in passes:
+        from_ports = starts is port_starts
+        for b, extra, c, pin in g.ends:
+            a = arrival.get(b)
+            if a is None:
+                continue
+            total = a + extra
+            chain, snode = trace(b, pred)
+            s_cell = starts.get(snode, (0.0, None))[1]
+            rec = (total, b, c, pin, chain, snode, s_cell)
+            if from_ports or isinstance(c, tuple):
+                port_paths.append(rec)
+            else:
+                reg_paths.append(rec)
+                ename = end_name(c, b, pin)
+                grp = ename.split(".", 1)[0] if "." in ename else "(top)"
+                if grp not in groups or total > groups[grp][0]:
+                    groups[grp] = (total, ename)
 
     def build(recs):
         recs.sort(key=lambda r: -r[0])
@@ -795,7 +797,7 @@ def _bram(ci, conn, prm, dirs, m, end, start):
             end(ci, conn, [p], b["ctrl"])
 
 
-def _longest(g: _Graph, names: _Names):
+def _longest(g: _Graph, names: _Names, starts: dict):
     """Longest arrival per node (Kahn order over the arcs); ``pred`` for backtracking."""
     nodes = set(g.arcs)
     succ = defaultdict(list)
@@ -807,7 +809,7 @@ def _longest(g: _Graph, names: _Names):
             nodes.add(src)
     arrival = {}
     pred = {}
-    for node, (a, c) in g.starts.items():
+    for node, (a, c) in starts.items():
         arrival[node] = a
         pred[node] = (None, c)
     ready = [n for n in nodes if indeg[n] == 0]
