@@ -314,7 +314,18 @@ def param_value(value):
 
 
 def _display(name: str) -> str:
-    return name[1:] if name.startswith("\\") else name
+    """A Yosys name made readable: no escape, no ``genblk`` chains, memory read registers and
+    inferred arithmetic cells named after their RTL memory or Verilog line."""
+    name = name[1:] if name.startswith("\\") else name
+    name = re.sub(r"^\$\\?([\w.]+)\$rdreg\[(\d+)\]\$q$", r"\1.rdreg\2", name)
+    name = re.sub(r"(\.genblk\d+)+", "", name)
+    name = re.sub(r"^\$(\w+)\$([\w.]+:\d+)\$\d+", r"$\1@\2", name)
+    return name
+
+
+def _internal(name: str) -> bool:
+    """A name Yosys or Amaranth made up (``$69``, ``merger3.$69``)."""
+    return name.rsplit(".", 1)[-1].startswith("$")
 
 
 class _Names:
@@ -328,7 +339,7 @@ class _Names:
             name = _display(name)
             offset = int(net.get("offset", 0))
             upto = bool(net.get("upto", 0))
-            internal = hidden or name.startswith("$")
+            internal = hidden or _internal(name)
             for i, bit in enumerate(bits):
                 if not isinstance(bit, int):
                     continue
@@ -619,7 +630,8 @@ def analyze(netlist: dict, *, model: DelayModel = XC7Z020_1, top: str | None = N
             else:
                 reg_paths.append(rec)
                 ename = end_name(c, b, pin)
-                grp = ename.split(".", 1)[0] if "." in ename else "(top)"
+                grp = (ename.split(".", 1)[0] if "." in ename and not ename.startswith("$")
+                       else "(top)")
                 if grp not in groups or total > groups[grp][0]:
                     groups[grp] = (total, ename)
 
