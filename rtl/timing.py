@@ -109,7 +109,7 @@ class DelayModel:
         ``c_preg`` 1.244, ``d_preg`` 3.635, ``ab_preg_nomult`` (A:B adder, USE_MULT=NONE)
         1.441, ``pcin_preg`` T_DSPDCK_PCIN_PREG 1.025; clock to P: ``p_preg``
         T_DSPCKO_P_PREG 0.329, ``p_mreg`` T_DSPCKO_P_MREG 1.671, ``p_areg`` 2.952,
-        ``p_breg`` 2.813, ``p_areg_nomult`` 1.632; combinational (no register on the path):
+        ``p_breg`` 2.813, ``p_creg`` 1.687, ``p_areg_nomult`` 1.632; combinational (no register on the path):
         ``a_p`` T_DSPDO_A_P 2.823, ``b_p`` 2.690, ``c_p`` 1.325, ``d_p`` 3.717,
         ``a_p_nomult`` 1.523, ``pcin_p`` T_DSPDO_PCIN_P 1.107; ``pcout_extra`` 0.148 (P to
         PCOUT, the cascade output, [Y] 0.435 - 0.329); control pins [A]: ``ctrl_reg`` 0.50
