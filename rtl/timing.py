@@ -59,8 +59,9 @@ class DelayModel:
       model, the source of the data-sheet tables);
     - [S] DS189 (Spartan-7 data sheet, same 28 nm fabric and table layout as DS187), -1
       column at 1.0 V, table "Block RAM and FIFO Switching Characteristics";
-    - [V] the value Vivado's timing reports print for xc7z020-1 primitives
-      (e.g. ``FDRE (Prop_fdre_C_Q) 0.456``, ``LUT6 (Prop_lut6_I0_O) 0.124``);
+    - [V] the value Vivado's timing reports commonly print for xc7z020-1 primitives
+      (``FDRE (Prop_fdre_C_Q) 0.456``, ``LUT6 (Prop_lut6_I0_O) 0.124``), quoted from
+      experience with such reports, not re-checked against a report or DS187 here;
     - [A] an approximation chosen for this estimate, not a data-sheet number.
 
     Attributes
