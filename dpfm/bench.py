@@ -12,8 +12,11 @@ Rows (printed as a table, written as a JSON list of dicts, drawn as a PNG):
     k = 4, 16 and full.
 ``hardware``
     clock cycles per training step from the engine's own CYCLES counter on the Verilator
-    model of that Config (batch 10, maxnorm), and µs at the PYNQ-Z2's 100 MHz FCLK0.  A k the
-    engine cannot be generated for is a row with the reason instead of numbers.
+    model of that Config (batch 10, maxnorm), and µs at the clock that build can reach: the
+    lower of its static timing estimate (:mod:`dpfm.rtl.timing` on the Yosys netlist of that
+    very Config, cached by the Verilog's hash) and the PYNQ-Z2's FCLK0 of 100 MHz.  Without an
+    estimate (``--no-synth`` and nothing cached) the row has cycles and no µs.  A k the engine
+    cannot be generated for is a row with the reason instead of numbers.
 ``torch``
     torch eager on this CPU, the same net, data sizes, sgd and batch, measured side by side
     when ``torch`` is importable (an optional extra: ``pip install -e '.[torch]'``); otherwise a
@@ -21,8 +24,9 @@ Rows (printed as a table, written as a JSON list of dicts, drawn as a PNG):
 ``anchor``
     the measured rows of ``../shared/anchors`` (GPU and CPU frameworks), for reference.
 ``synth``
-    the Yosys estimate of the default Config's PYNQ-Z2 design (LUT, FF, DSP48E1, BRAM36),
-    reused from an earlier run when the engine's Verilog is unchanged.
+    the Yosys estimate of each hardware row's PYNQ-Z2 design (LUT, FF, DSP48E1, BRAM36) and
+    its timing estimate (worst path, fmax), reused from an earlier run when the engine's
+    Verilog is unchanged (a whole engine takes Yosys several CPU-minutes).
 
 Every measured row carries ``vs``: for each anchor of the same net, ``anchor µs / row µs``
 (above 1: the row is faster).  The digits rows use the anchors' digits-sized net
@@ -43,10 +47,11 @@ import numpy as np
 
 from dpfm.files import check_output_path, write_json
 
-__all__ = ["main", "run_bench", "load_anchors", "format_table", "plot_bench", "FCLK_HZ", "WORKLOADS"]
+__all__ = ["main", "run_bench", "load_anchors", "format_table", "plot_bench", "FCLK_HZ", "WORKLOADS",
+           "engine_clock_hz", "at_clock", "hardware_row", "synth_row"]
 
 PROG = "dpfm bench"
-#: PYNQ-Z2 fabric clock (FCLK0) the engine runs at.
+#: PYNQ-Z2 fabric clock (FCLK0): the fastest the engine is clocked, whatever its estimate.
 FCLK_HZ = 100e6
 #: name -> (task, net, activations); nets as in ../shared/anchors.
 WORKLOADS = {
@@ -176,12 +181,34 @@ def _hw_config(workload, k):
     return Config(net=net, activations=acts, k=kk, batch=BATCH), n_params
 
 
+def engine_clock_hz(estimate: dict | None) -> float | None:
+    """The clock an engine build runs at: the lower of its estimated fmax and FCLK0 (Hz);
+    None without a timing estimate."""
+    if not estimate or "fmax_mhz" not in estimate:
+        return None
+    return min(FCLK_HZ, estimate["fmax_mhz"] * 1e6)
+
+
+def at_clock(row: dict, estimate: dict | None) -> dict:
+    """``row`` (a :func:`hardware_row`) with µs per step at :func:`engine_clock_hz` of
+    ``estimate`` (the :func:`synth_row` of the same Config), or a note saying there is none."""
+    clock = engine_clock_hz(estimate)
+    if not row.get("cycles_per_step"):
+        return row
+    if clock is None:
+        return {**row, "note": "no µs: no timing estimate of this build (run without "
+                               "--no-synth once; it is cached)"}
+    return {**row, "us_per_step": row["cycles_per_step"] / clock * 1e6, "clock_mhz": clock / 1e6,
+            "system": f"DPFM engine @ {clock / 1e6:.1f} MHz (estimated), cycles from Verilator"}
+
+
 def hardware_row(workload, k, steps=5) -> dict:
-    """Cycles per step from the engine's CYCLES counter on its Verilator model."""
+    """Cycles per step from the engine's CYCLES counter on its Verilator model (µs come from
+    :func:`at_clock`)."""
     config, n_params = _hw_config(workload, k)
     base = {"group": "hardware", "workload": workload, "k": k,
-            "system": "DPFM engine @ 100 MHz (cycles from Verilator)", "registers": config.k,
-            "batch": BATCH, "lanes": config.lanes}
+            "system": "DPFM engine, cycles from Verilator", "registers": config.k,
+            "batch": BATCH, "lanes": config.lanes, "us_per_step": None}
     if config.k > HW_MAX_K:
         return {**base, "us_per_step": None,
                 "note": f"not generated: k={config.k} registers per activation (one "
@@ -200,7 +227,7 @@ def hardware_row(workload, k, steps=5) -> dict:
         cycles = [trainer.step(X[s], y[s], LR, "maxnorm").cycles for s in _batches(task, steps)]
     c = float(np.mean(cycles))
     return {**base, "cycles_per_step": c, "cycles_min": int(min(cycles)), "cycles_max": int(max(cycles)),
-            "us_per_step": c / FCLK_HZ * 1e6, "steps": steps,
+            "steps": steps,
             "build_cached": transport.build.cached, "build_s": round(transport.build.build_s, 1),
             "open_s": round(open_s, 1)}
 
@@ -255,37 +282,56 @@ def _torch_steps(torch, net, acts, workload, steps) -> dict:
             "threads": torch.get_num_threads()}
 
 
-def synth_row(cache_dir) -> dict:
-    """Yosys estimate of the default Config's PYNQ-Z2 design.
+def synth_row(config, cache_dir, *, run=True) -> dict | None:
+    """Yosys estimate and static timing estimate of ``config``'s PYNQ-Z2 design.
 
     Cached under ``cache_dir`` by the SHA-256 of the engine's Verilog text: an estimate is
-    reused only for the very same Verilog.  (Yosys takes about 9 CPU-minutes on it.)
+    reused only for the very same Verilog.  ``run=False`` returns only a cached estimate
+    (None when there is none).
     """
     import hashlib
 
     from dpfm.boards.build import estimate_design
     from dpfm.boards.wrapper import ENGINE_NAME
-    from dpfm.config import Config
+    from dpfm.rtl import timing
     from dpfm.rtl.engine import Engine
     from dpfm.toolchain import component_verilog
-    config = Config()
     text = component_verilog(Engine(config), name=ENGINE_NAME)
     key = hashlib.sha256(text.encode()).hexdigest()[:20]
     cache = Path(cache_dir) / f"synth-{key}.json"
-    base = {"group": "synth", "workload": "sum4", "system": "Yosys estimate, xc7z020 (default Config)",
-            "k": config.k, "batch": config.batch, "lanes": config.lanes, "us_per_step": None,
+    net = "-".join(map(str, config.net))
+    base = {"group": "synth", "workload": _workload_of(config),
+            "system": f"Yosys estimate, xc7z020 (net {net})", "k": config.k,
+            "batch": config.batch, "lanes": config.lanes, "us_per_step": None,
             "verilog_sha256": key}
     if cache.is_file():
         res, cached = json.loads(cache.read_text()), True
-    else:
+        if "fmax_mhz" not in res:           # an estimate from before the timing estimate
+            cached = False
+    if not cache.is_file() or not cached:
+        if not run:
+            return None
         t0 = time.perf_counter()
-        res = estimate_design(config, Path(cache_dir) / "synth-work")
-        res = {k: v for k, v in res.items() if k != "cells"}
+        res = estimate_design(config, Path(cache_dir) / f"synth-work-{key}")
+        report = timing.analyze_file(res["netlist"])
+        worst = report.paths[0] if report.paths else None
+        res = {k: v for k, v in res.items() if k not in ("cells", "netlist")}
+        res.update(worst_ns=report.worst_ns, fmax_mhz=report.fmax_mhz,
+                   worst_path=None if worst is None else f"{worst.start} -> {worst.end} "
+                                                         f"({worst.depth})")
         res["yosys_s"] = round(time.perf_counter() - t0, 1)
         write_json(cache, res, make_dirs=True)
         cached = False
-    return {**base, **{k: res[k] for k in ("LUT", "FF", "DSP48E1", "BRAM36", "util_pct", "soft_mul")},
-            "yosys_s": res.get("yosys_s"), "cached": cached}
+    return {**base, **{k: res[k] for k in ("LUT", "FF", "DSP48E1", "BRAM36", "util_pct", "soft_mul",
+                                           "worst_ns", "fmax_mhz", "worst_path")},
+            "clock_mhz": engine_clock_hz(res) / 1e6, "yosys_s": res.get("yosys_s"), "cached": cached}
+
+
+def _workload_of(config) -> str:
+    for name, (_, net, acts) in WORKLOADS.items():
+        if tuple(config.net) == net and tuple(config.activations) == acts:
+            return name
+    return "-".join(map(str, config.net))
 
 
 # -- the run ----------------------------------------------------------------------------------
@@ -304,16 +350,20 @@ def run_bench(*, steps=200, hw=True, synth=True, torch=True, cache_dir="build/be
         if torch:
             _log(f"torch {wl}")
             rows.append(torch_row(wl, steps))
+    configs = {(wl, k): _hw_config(wl, k)[0] for wl in (WORKLOADS if hw else ()) for k in KS}
+    configs = {key: c for key, c in configs.items() if c.k <= HW_MAX_K}
     with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
-        synth_future = pool.submit(synth_row, cache_dir) if synth else None
+        # the estimates first (minutes each when not cached), so the hardware rows get a clock
+        estimates = {key: pool.submit(synth_row, c, cache_dir, run=synth)
+                     for key, c in configs.items()}
         hw_futures = {(wl, k): pool.submit(hardware_row, wl, k)
                       for wl in (WORKLOADS if hw else ()) for k in KS}
         for (wl, k), fut in hw_futures.items():
-            _log(f"hardware {wl} k={k} (Verilator build when not cached)")
-            rows.append(fut.result())
-        if synth_future is not None:
-            _log("Yosys estimate (minutes when not cached)")
-            rows.append(synth_future.result())
+            _log(f"hardware {wl} k={k} (Verilator build and Yosys estimate when not cached)")
+            est = estimates[(wl, k)].result() if (wl, k) in estimates else None
+            rows.append(at_clock(fut.result(), est))
+            if est is not None:
+                rows.append(est)
     for r in rows:
         if r["group"] != "synth":
             r["vs"] = _vs(r.get("us_per_step"), r["workload"], anchor_rows)
@@ -378,7 +428,7 @@ def plot_bench(rows, path) -> None:
         net = "-".join(map(str, WORKLOADS[wl][1]))
         ax.set_title(f"{wl} (net {net}, batch {BATCH})")
         ax.grid(axis="x", which="both", alpha=0.3)
-    fig.suptitle("DPFM vs what users would pick instead (green: engine at 100 MHz; "
+    fig.suptitle("DPFM vs what users would pick instead (green: engine at its estimated clock; "
                  "blue: numpy reference; gray: anchors)", fontsize=10)
     fig.tight_layout()
     _save(fig, path)

@@ -60,7 +60,17 @@ def test_numpy_rows_and_ratios(anchors):
 def test_hardware_row_reads_the_engines_counter():
     r = bench.hardware_row("sum4", 4, steps=2)
     assert r["cycles_per_step"] == r["cycles_min"] == r["cycles_max"] > 0   # fixed schedule
-    assert math.isclose(r["us_per_step"], r["cycles_per_step"] / bench.FCLK_HZ * 1e6)
+    assert r["us_per_step"] is None                 # no clock assumed
+
+
+def test_microseconds_come_from_the_estimated_clock():
+    row = {"group": "hardware", "cycles_per_step": 491.0, "us_per_step": None}
+    slow = bench.at_clock(row, {"fmax_mhz": 48.4})
+    assert slow["us_per_step"] == 491.0 / 48.4e6 * 1e6 and slow["clock_mhz"] == 48.4
+    fast = bench.at_clock(row, {"fmax_mhz": 250.0})          # never above FCLK0
+    assert fast["us_per_step"] == 491.0 / bench.FCLK_HZ * 1e6
+    none = bench.at_clock(row, None)
+    assert none["us_per_step"] is None and "no timing estimate" in none["note"]
 
 
 def test_a_k_beyond_the_generator_is_a_row_with_its_reason():
