@@ -10,19 +10,26 @@ files the run leaves:
   against PYNQ's own ``boards/Pynq-Z2/base/base.tcl``), the engine cell, the address map, the
   runs up to the bitstream, the timing check, and ``dpfm.bit``/``dpfm.hwh`` copied next to the
   script;
+* the newest version of each IP the catalogue has, every pin of the engine cell a port (or
+  interface) of the wrapper ``dpfm_top.v``, the hold slack taken from the worst timing path
+  when the run has no STATS value;
 * the failure paths, each ending the run with exit code 1, a ``DPFM-ERROR:`` line that says
-  what went wrong, and no ``dpfm.bit``: a negative WNS, no address segment for the engine
-  (and a segment of the wrong size), an FCLK0 the PS cannot make exactly;
-* the same script driven by :func:`dpfm.boards.build.run_vivado` through a ``vivado`` that is
-  a two-line shell script around ``tclsh``.
+  what went wrong, and no ``dpfm.bit``: a negative WNS or WHS, no address segment for the
+  engine (and a segment of the wrong size), an FCLK0 the PS cannot make exactly, an IP missing
+  from the catalogue, not exactly one bitstream;
+* the same script driven by :func:`dpfm.boards.build.run_vivado` and by ``python -m
+  dpfm.boards.build`` (:func:`dpfm.boards.build.main`) through a ``vivado`` on PATH that is a
+  shell script around ``tclsh`` and records its arguments and folder.
 
-``tclsh`` is Debian's ``tcl``; ``make test`` installs it (``make systools``). Without it these
-tests fail rather than skip.
+These stubs are the project's only test double of Vivado. ``tclsh`` is Debian's ``tcl``;
+``make test`` installs it (``make systools``). Without it these tests fail rather than skip
+(the ``tclsh`` fixture, ``tests/conftest.py``).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -42,24 +49,15 @@ from pynq_z2_base import PYNQ_BASE_PS7
 STUBS = Path(__file__).with_name("vivado_stubs.tcl")
 PART = "xc7z020clg400-1"
 SMALL = Config(k=2, net=(2, 2, 1), activations=("sigmoid", "linear"), batch=1)
+SMALL_ARGS = ["--k", "2", "--net", "2,2,1", "--batch", "1"]
+DEFAULT_SLACK = {"WNS": 0.412, "TNS": 0.0, "WHS": 0.051, "THS": 0.0}    # the stubs' defaults
+IPS = [("processing_system7", "ps7"), ("proc_sys_reset", "rst_fclk0"),
+       ("axi_interconnect", "axi_periph")]
 PS7 = "/ps7"
 SEGMENT = "/ps7/Data/SEG_dpfm_reg0"
 
 
 # -- running build.tcl ----------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def tclsh() -> str:
-    """Path of ``tclsh``; a failure, not a skip, when it is missing."""
-    path = shutil.which("tclsh")
-    if path is None:
-        pytest.fail("no tclsh on PATH: `make systools` (tools/install-systools.sh) installs "
-                    "Debian's tcl")
-    version = subprocess.run([path], input="puts [info tclversion]\n", capture_output=True,
-                             text=True, check=True).stdout.strip()
-    assert tuple(map(int, version.split("."))) >= (8, 6), f"tclsh {version}: need Tcl 8.6"
-    return path
-
 
 @pytest.fixture(scope="module")
 def tree_template(tmp_path_factory):
@@ -116,12 +114,14 @@ def run_build(tclsh, tree_template, tmp_path):
 
     Keyword arguments become the stubs' ``STUB_*`` environment variables (``wns=-0.25`` sets
     ``STUB_WNS``). ``stale=True`` leaves a ``dpfm.bit``/``dpfm.hwh`` of an earlier build in the
-    tree first.
+    tree first; ``prepare(out)`` may change the copied tree before the run.
     """
 
-    def run(*, stale: bool = False, **stub) -> Run:
+    def run(*, stale: bool = False, prepare=None, **stub) -> Run:
         out = tmp_path / "tree"
         shutil.copytree(tree_template.out, out)
+        if prepare is not None:
+            prepare(out)
         if stale:
             (out / "dpfm.bit").write_text("an earlier bitstream\n")
             (out / "dpfm.hwh").write_text("an earlier handoff\n")
@@ -194,8 +194,9 @@ def test_tcl_build_sequence(run_build):
                       [str(hwh_src), str(run.out / "dpfm.hwh")]]
     assert (run.out / "dpfm.bit").read_text() == "stub bitstream\n"
     assert (run.out / "dpfm.hwh").read_text() == '<EDKSYSTEM stub="hwh"/>\n'
-    assert board_build.read_timing(run.out / "timing.txt") == \
-        {"WNS": 0.412, "TNS": 0.0, "WHS": 0.051, "THS": 0.0}
+    assert board_build.read_timing(run.out / "timing.txt") == DEFAULT_SLACK
+    # The run has every STATS slack: no timing path is asked for.
+    assert not run.named("get_timing_paths")
     assert (run.out / "timing_summary.rpt").is_file() and (run.out / "utilization.rpt").is_file()
     assert f"DPFM: wrote {run.out / 'dpfm.bit'} and {run.out / 'dpfm.hwh'}" in run.stdout
 
@@ -214,8 +215,23 @@ def test_tcl_ps7_is_the_pynq_z2(run_build):
     # The engine's port is on, the ports it does not use are off.
     assert got["PCW_FPGA_FCLK0_ENABLE"] == "1" and got["PCW_EN_RST0_PORT"] == "1"
     assert [got[f"PCW_FPGA_FCLK{i}_ENABLE"] for i in (1, 2, 3)] == ["0", "0", "0"]
-    # The newest processing_system7 of the catalogue (dictionary order: 5.10 after 5.9).
-    assert ["-quiet", "xilinx.com:ip:processing_system7:*"] in run.named("get_ipdefs")
+
+
+@pytest.mark.parametrize("catalogue", ["1.10 1.9", "1.9 1.10 1.2", "5.9 5.10"])
+def test_tcl_newest_ip_of_the_catalogue(run_build, catalogue):
+    # Dictionary order, whatever order the catalogue lists them in: 1.10 after 1.9.
+    run = run_build(ipdefs=catalogue)
+    assert run.code == 0, run.stdout + run.stderr
+    newest = "5.10" if "5.10" in catalogue else "1.10"
+    assert run.named("get_ipdefs") == [["-quiet", f"xilinx.com:ip:{name}:*"] for name, _ in IPS]
+    assert [c for c in run.named("create_bd_cell") if c[:2] == ["-type", "ip"]] == \
+        [["-type", "ip", "-vlnv", f"xilinx.com:ip:{name}:{newest}", cell] for name, cell in IPS]
+
+
+def test_tcl_ip_missing_from_catalogue_fails(run_build):
+    run = run_build(ipdefs="")
+    _stopped_before_outputs(run)
+    assert run.errors() == ["IP processing_system7 is not in this Vivado's catalogue"]
 
 
 def test_tcl_engine_cell_and_address_map(run_build, tree_template):
@@ -242,6 +258,36 @@ def test_tcl_engine_cell_and_address_map(run_build, tree_template):
     assert f"DPFM: dpfm at 0x{ENGINE_BASE:08X}, range {segment['RANGE']}" in run.stdout
 
 
+def test_tcl_engine_pins_are_ports_of_the_wrapper(run_build):
+    # The stubs give the module reference the ports of dpfm_top and the interfaces its
+    # X_INTERFACE_INFO attributes name, and refuse any other pin of the cell.
+    run = run_build()
+    assert run.code == 0, run.stdout + run.stderr
+    pins = {c[-1] for c in run.named("get_bd_pins") if c[-1].startswith("dpfm/")}
+    assert pins == {"dpfm/aclk", "dpfm/aresetn"}
+    intf = {c[-1] for c in run.named("get_bd_intf_pins") if c[-1].startswith("dpfm/")}
+    assert intf == {f"dpfm/{AXI_PREFIX}"}
+
+
+@pytest.mark.parametrize("pattern,replacement,message", [
+    (r"wire(\s+)aclk,", r"wire\1clk,", "no port aclk on module reference /dpfm"),
+    (r"wire(\s+)aresetn,", r"wire\1aresetn_i,", "no port aresetn on module reference /dpfm"),
+    (rf"(aximm:1\.0 ){AXI_PREFIX} ", r"\1s_axil ",
+     f"no interface {AXI_PREFIX} on module reference /dpfm"),
+])
+def test_tcl_engine_pin_not_on_the_wrapper_fails(run_build, pattern, replacement, message):
+    def rename(out: Path):
+        top = out / "dpfm_top.v"
+        text, count = re.subn(pattern, replacement, top.read_text())
+        assert count >= 1, pattern
+        top.write_text(text)
+
+    run = run_build(prepare=rename)
+    assert run.code == 1, run.stdout + run.stderr
+    assert message in run.stderr
+    assert not run.named("launch_runs") and not (run.out / "dpfm.bit").exists()
+
+
 # -- failure paths --------------------------------------------------------------------------
 
 def _stopped_before_outputs(run: Run):
@@ -264,6 +310,25 @@ def test_tcl_negative_hold_slack_fails(run_build):
     run = run_build(whs="-0.020")
     _stopped_before_outputs(run)
     assert run.errors() == ["timing not met: WHS = -0.020 ns (see timing_summary.rpt)"]
+
+
+@pytest.mark.parametrize("path_slack", ["0.031", "-0.020"])
+def test_tcl_hold_slack_from_timing_paths(run_build, path_slack):
+    # A run without a STATS.WHS value falls back to the worst hold path's slack.
+    run = run_build(whs="", hold_slack=path_slack)
+    assert run.named("get_timing_paths") == [["-quiet", "-max_paths", "1", "-nworst", "1", "-hold"]]
+    assert board_build.read_timing(run.out / "timing.txt") == {**DEFAULT_SLACK, "WHS": float(path_slack)}
+    if path_slack.startswith("-"):
+        _stopped_before_outputs(run)
+        assert run.errors() == [f"timing not met: WHS = {path_slack} ns (see timing_summary.rpt)"]
+    else:
+        assert run.code == 0, run.stdout + run.stderr
+
+
+def test_tcl_no_hold_slack_at_all_fails(run_build):
+    run = run_build(whs="", hold_slack="")
+    _stopped_before_outputs(run)
+    assert run.errors() == ["no WHS: the design has no constrained timing paths"]
 
 
 def test_tcl_unreadable_slack_fails(run_build):
@@ -307,16 +372,33 @@ def test_tcl_fclk0_within_rounding_passes(run_build):
     assert run.code == 0, run.stdout
 
 
+@pytest.mark.parametrize("count", [0, 2])
+def test_tcl_not_one_bitstream_fails(run_build, count):
+    run = run_build(bitstreams=count, stale=True)
+    _stopped_before_outputs(run)
+    bits = sorted(str(p) for p in (run.out / "vivado" / "dpfm.runs" / "impl_1").glob("*.bit"))
+    assert len(bits) == count
+    (error,) = run.errors()
+    found = re.fullmatch(r"expected one bitstream in impl_1, found '(.*)'", error)
+    assert found and sorted(found.group(1).split()) == bits, error
+
+
 # -- through run_vivado ---------------------------------------------------------------------
 
 def _vivado_over_tclsh(path: Path, tclsh: str) -> Path:
-    """A ``vivado`` that runs ``-source SCRIPT`` in tclsh over the stubs, output to ``-log``."""
+    """A ``vivado`` that runs ``-source SCRIPT`` in tclsh over the stubs, output to ``-log``
+    and then, as Vivado's console, to stdout.
+
+    Each call writes its folder and then its arguments, one a line, to ``argv`` next to it.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(
         "#!/bin/sh\n"
-        "# vivado -mode batch -source SCRIPT -log LOG ...: SCRIPT in tclsh, output to LOG\n"
+        "# vivado -mode batch -source SCRIPT -log LOG ...: SCRIPT in tclsh, output to LOG and stdout\n"
+        '{ pwd -P; printf "%s\\n" "$@"; } >"$(dirname "$0")/argv"\n'
         'while [ $# -gt 0 ]; do case "$1" in -source) src=$2; shift;; -log) log=$2; shift;; esac; shift; done\n'
-        f'exec "{tclsh}" "{STUBS}" "$src" >"$log" 2>&1\n')
+        f'"{tclsh}" "{STUBS}" "$src" >"$log" 2>&1; code=$?\n'
+        'cat "$log"; exit $code\n')
     path.chmod(path.stat().st_mode | stat.S_IXUSR)
     return path
 
@@ -333,3 +415,53 @@ def test_run_vivado_over_tclsh(tclsh, tmp_path, monkeypatch):
     with pytest.raises(board_build.BuildFailed, match=r"timing not met: WNS = -1.5 ns"):
         board_build.run_vivado(tree, str(vivado), quiet=True)
     assert not tree.bitstream.exists()
+
+    monkeypatch.delenv("STUB_WNS")
+    monkeypatch.setenv("STUB_BITSTREAMS", "0")
+    with pytest.raises(board_build.BuildFailed, match=r"expected one bitstream in impl_1, found ''"):
+        board_build.run_vivado(tree, str(vivado), quiet=True)
+    assert not tree.bitstream.exists()
+
+
+@pytest.fixture
+def vivado_on_path(tclsh, tmp_path, monkeypatch):
+    """The ``vivado`` over tclsh as the first ``vivado`` on PATH; the stubs' log in calls.log."""
+    vivado = _vivado_over_tclsh(tmp_path / "bin" / "vivado", tclsh)
+    for name in [*(k for k in os.environ if k.startswith("STUB_")), "VIVADO",
+                 "AMARANTH_ENV_VIVADO", "DPFM_VIVADO_JOBS"]:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("PATH", os.pathsep.join([str(vivado.parent), os.environ.get("PATH", "")]))
+    monkeypatch.setenv("STUB_LOG", str(tmp_path / "calls.log"))
+    return vivado
+
+
+def _last_call(tmp_path: Path) -> list[str]:
+    return (tmp_path / "calls.log").read_text().splitlines()[-1].split("\t")
+
+
+def test_main_builds_over_tclsh(vivado_on_path, tmp_path, capfd):
+    out = tmp_path / "pynq-z2"
+    assert board_build.main([*SMALL_ARGS, "--out", str(out), "--quiet"]) == 0
+    printed = capfd.readouterr()
+    assert f"built {out / 'dpfm.bit'} and {out / 'dpfm.hwh'}" in printed.out and printed.err == ""
+    # --quiet: Vivado's console stays out of the output (it is in the log).
+    assert "DPFM: wrote" not in printed.out and "DPFM: wrote" in (out / "vivado.log").read_text()
+    # Vivado in batch mode on build.tcl, run in the tree.
+    cwd, *argv = (vivado_on_path.parent / "argv").read_text().splitlines()
+    assert cwd == str(out.resolve())
+    assert argv[:4] == ["-mode", "batch", "-source", "build.tcl"]
+    assert board_build.load_build_info(out / "dpfm.json")[1] == SMALL
+    assert (out / "dpfm.bit").read_text() == "stub bitstream\n"
+    assert (out / "dpfm.hwh").read_text() == '<EDKSYSTEM stub="hwh"/>\n'
+    assert board_build.read_timing(out / "timing.txt") == DEFAULT_SLACK
+    assert _last_call(tmp_path) == ["exit", "0"]
+
+
+def test_main_timing_failure_over_tclsh(vivado_on_path, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("STUB_WNS", "-0.250")
+    out = tmp_path / "pynq-z2"
+    assert board_build.main([*SMALL_ARGS, "--out", str(out), "--quiet"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "timing not met: WNS = -0.250 ns" in err[0], err
+    assert not (out / "dpfm.bit").exists() and not (out / "dpfm.hwh").exists()
+    assert _last_call(tmp_path) == ["exit", "1"]

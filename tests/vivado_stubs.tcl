@@ -10,14 +10,23 @@
 # A command the stubs do not define stops the run with an error, so the stubs cover exactly
 # what build.tcl calls.
 #
-# The stubs play a Vivado whose run succeeds, unless these environment variables say otherwise:
-#   STUB_WNS, STUB_TNS, STUB_WHS, STUB_THS   slacks of the routed run in ns
-#                                            (defaults 0.412, 0.000, 0.051, 0.000)
+# A module reference has the ports of its module and the interfaces its X_INTERFACE_INFO
+# attributes name; get_bd_pins and get_bd_intf_pins of any other pin of that cell stop the run.
+#
+# The stubs play a Vivado whose run succeeds, unless these environment variables say otherwise
+# (a variable that is set counts, even when empty):
+#   STUB_WNS, STUB_TNS, STUB_WHS, STUB_THS   the run's STATS.* slacks in ns (defaults 0.412,
+#                                            0.000, 0.051, 0.000); empty: the run has no value
+#   STUB_SETUP_SLACK, STUB_HOLD_SLACK        SLACK of the worst setup/hold timing path (defaults
+#                                            0.412, 0.051); empty: no such path
+#   STUB_IPDEFS         the versions the IP catalogue has of every IP, in the order get_ipdefs
+#                       returns them (default "5.10 5.9"); empty: none
 #   STUB_FCLK0_ACT      the FCLK0 the processing system reports after validation, in MHz
 #                       (default: the requested PCW_FPGA0_PERIPHERAL_FREQMHZ)
 #   STUB_SEGMENTS       how many address segments of the engine assign_bd_address makes
 #                       (default 1)
 #   STUB_SEGMENT_RANGE  the range the segment reports, whatever was set (default: as set)
+#   STUB_BITSTREAMS     how many .bit files impl_1 writes (default 1)
 
 set stub(log) [open $::env(STUB_LOG) a]
 set stub(props) [dict create]
@@ -25,9 +34,10 @@ set stub(sources) {}
 set stub(project) ""
 set stub(project_dir) ""
 set stub(segments) {}
+set stub(ports) [dict create]
 
 proc stub_env {name default} {
-    if {[info exists ::env($name)] && $::env($name) ne ""} { return $::env($name) }
+    if {[info exists ::env($name)]} { return $::env($name) }
     return $default
 }
 
@@ -118,6 +128,8 @@ proc get_property {args} {
     set args [lsearch -all -inline -not -exact $args -quiet]
     lassign $args name object
     set name [string toupper $name]
+    # Vivado's -quiet get_property of no object: nothing.
+    if {$object eq ""} { return "" }
     switch -- $name {
         CONFIG.PCW_ACT_FPGA0_PERIPHERAL_FREQMHZ {
             set requested [dict get $::stub(props) $object CONFIG.PCW_FPGA0_PERIPHERAL_FREQMHZ]
@@ -133,6 +145,12 @@ proc get_property {args} {
         STATS.TNS { return [stub_env STUB_TNS 0.000] }
         STATS.WHS { return [stub_env STUB_WHS 0.051] }
         STATS.THS { return [stub_env STUB_THS 0.000] }
+        SLACK {
+            switch -- $object {
+                setup_path { return [stub_env STUB_SETUP_SLACK 0.412] }
+                hold_path { return [stub_env STUB_HOLD_SLACK 0.051] }
+            }
+        }
     }
     if {[dict exists $::stub(props) $object $name]} { return [dict get $::stub(props) $object $name] }
     error "get_property: the stubs know no property $name of '$object'"
@@ -144,8 +162,10 @@ proc get_ipdefs {args} {
     if {![regexp {^xilinx.com:ip:([^:]+):\*$} [lindex $args end] -> name]} {
         error "get_ipdefs: unexpected pattern [lindex $args end]"
     }
-    # Two versions in the catalogue, in an order where only a dictionary sort finds the newest.
-    return [list xilinx.com:ip:$name:5.10 xilinx.com:ip:$name:5.9]
+    # By default two versions, in an order where only a dictionary sort finds the newest.
+    set defs {}
+    foreach version [stub_env STUB_IPDEFS "5.10 5.9"] { lappend defs xilinx.com:ip:$name:$version }
+    return $defs
 }
 proc create_bd_design {args} { stub_call create_bd_design {*}$args; return [lindex $args end] }
 proc current_bd_design {args} { stub_call current_bd_design {*}$args; return [lindex $args end] }
@@ -156,21 +176,45 @@ proc create_bd_cell {args} {
     if {$at >= 0} {
         # A module reference must name a module of the project's sources.
         set module [lindex $args $at+1]
-        set found 0
+        set header ""
         foreach path $::stub(sources) {
             set channel [open $path]
             set text [read $channel]
             close $channel
-            if {[regexp "(^|\n)\\s*module\\s+$module\\s*\\(" $text]} { set found 1 }
+            regexp "(?:^|\n)\\s*module\\s+$module\\s*\\((\[^;\]*)\\);" $text -> header
         }
-        if {!$found} { error "create_bd_cell: no module $module in the project's sources" }
+        if {$header eq ""} { error "create_bd_cell: no module $module in the project's sources" }
+        # The cell's pins: the module's ports, and the interfaces X_INTERFACE_INFO names.
+        set pins {}
+        foreach {-> port} [regexp -all -inline \
+                {(?:input|output|inout)\s+(?:wire\s+|reg\s+)?(?:\[[^]]*\]\s*)?(\w+)} $header] {
+            lappend pins $port
+        }
+        set interfaces {}
+        foreach {-> bus} [regexp -all -inline \
+                {X_INTERFACE_INFO\s*=\s*"xilinx.com:interface:\S+\s+(\w+)\s} $header] {
+            if {$bus ni $interfaces} { lappend interfaces $bus }
+        }
+        dict set ::stub(ports) [stub_bd_path [lindex $args end]] [dict create pins $pins intf $interfaces]
     }
     return [stub_bd_path [lindex $args end]]
 }
+# A pin of a module reference must be one of its module's ports (kind pins) or interfaces (intf).
+proc stub_check_pin {kind path} {
+    set path [stub_bd_path $path]
+    set cell [stub_real_file dirname $path]
+    if {[dict exists $::stub(ports) $cell]} {
+        set known [dict get $::stub(ports) $cell $kind]
+        if {[stub_real_file tail $path] ni $known} {
+            error "no [expr {$kind eq "pins" ? "port" : "interface"}] [stub_real_file tail $path] on module reference $cell (it has: $known)"
+        }
+    }
+    return $path
+}
 proc create_bd_intf_port {args} { stub_call create_bd_intf_port {*}$args; return [stub_bd_path [lindex $args end]] }
 proc get_bd_intf_ports {args} { stub_call get_bd_intf_ports {*}$args; return [stub_bd_path [lindex $args end]] }
-proc get_bd_intf_pins {args} { stub_call get_bd_intf_pins {*}$args; return [stub_bd_path [lindex $args end]] }
-proc get_bd_pins {args} { stub_call get_bd_pins {*}$args; return [stub_bd_path [lindex $args end]] }
+proc get_bd_intf_pins {args} { stub_call get_bd_intf_pins {*}$args; return [stub_check_pin intf [lindex $args end]] }
+proc get_bd_pins {args} { stub_call get_bd_pins {*}$args; return [stub_check_pin pins [lindex $args end]] }
 proc connect_bd_intf_net {args} { stub_call connect_bd_intf_net {*}$args }
 proc connect_bd_net {args} { stub_call connect_bd_net {*}$args }
 
@@ -218,8 +262,11 @@ proc get_runs {args} { stub_call get_runs {*}$args; return [lindex $args end] }
 proc launch_runs {args} {
     stub_call launch_runs {*}$args
     if {[lindex $args 0] eq "impl_1" && "write_bitstream" in $args} {
-        stub_write [stub_real_file join $::stub(project_dir) $::stub(project).runs impl_1 system_wrapper.bit] \
-            "stub bitstream\n"
+        set impl [stub_real_file join $::stub(project_dir) $::stub(project).runs impl_1]
+        for {set i 0} {$i < [stub_env STUB_BITSTREAMS 1]} {incr i} {
+            stub_write [stub_real_file join $impl [expr {$i ? "system_wrapper_$i.bit" : "system_wrapper.bit"}]] \
+                "stub bitstream\n"
+        }
     }
 }
 proc wait_on_run {args} { stub_call wait_on_run {*}$args }
@@ -234,7 +281,9 @@ proc report_utilization {args} {
 }
 proc get_timing_paths {args} {
     stub_call get_timing_paths {*}$args
-    return [expr {"-hold" in $args ? "hold_path" : "setup_path"}]
+    set kind [expr {"-hold" in $args ? "hold" : "setup"}]
+    if {[stub_env STUB_[string toupper $kind]_SLACK x] eq ""} { return "" }
+    return ${kind}_path
 }
 
 # ---- the run --------------------------------------------------------------------------------
