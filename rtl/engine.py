@@ -13,15 +13,22 @@ One step (``CTRL.start``) runs, for the ``BATCH_N`` samples in the SAMPLES windo
    streams.
 2. **Loss and delta**: all lanes at once, per output and register slot,
    ``e = sat(y' - y)`` and ``D_s[idx] += e * g`` into the lane's exact delta bank (the lane's
-   multiplier); ``sum e**2`` into LOSS.  ``D = sum_s D_s`` is formed when read.
+   multiplier); ``sum e**2`` into LOSS.  ``D = sum_s D_s`` is formed when read.  The banks
+   are cleared while the forward pass runs (one address per cycle, no extra cycle), so a
+   step never starts from what a reset or an interrupted step left in them.
 3. **Update** (``UPDATE`` sgd or maxnorm, skipped for none): ``m = max|D|``, normalisation,
-   a restoring divider for ``2**35 / m`` (maxnorm, two quotient bits per cycle), then one
-   parameter per cycle
+   a restoring divider for the :data:`RECIP_BITS`-bit ``2**35 / m`` (maxnorm, two quotient
+   bits per cycle), then one parameter per cycle
    ``w -= upd`` exactly as :func:`dpfm.reference.mlp.fixed_update`.
+
+Each lane counts its own write-backs and a layer ends when every lane has written back
+every neuron; MERGE_BUSY counts the cycles in which any active lane's merger takes a
+candidate; FLAGS are a :class:`StickyFlags` (a flag raised in the cycle of a clear stays).
 
 Timing (cycles, ``k_l`` = registers of layer ``l``'s inputs, 0 for the first layer):
 forward ``sum_l n_out_l * (n_in_l * (1 + k_l) + 1) + L * T_barrier``; loss/delta
-``n_out * k + 5``; update ``2 * P + 18 + 9`` (maxnorm) or ``2 * P + 9`` (sgd);
+``n_out * k + 5``; update ``2 * P + DIV_CYCLES + 9`` (maxnorm, ``DIV_CYCLES = 10``) or
+``2 * P + 9`` (sgd);
 see docs/engine.md.  Bit-exact with ``MLP.step_raw(..., policy="stream")`` in the Config's
 fixed formats.
 """

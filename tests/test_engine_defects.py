@@ -340,20 +340,23 @@ PHASES = ["FWD", "FWD_WAIT", "LOSS", "LOSS_DRAIN", "MAX", "MAX_DRAIN", "NORM", "
 
 @pytest.mark.parametrize("update", ["maxnorm", "sgd"])
 def test_reset_in_every_phase_then_a_bit_exact_step(update):
-    """For every phase (and, where it lasts, a few cycles into it) a step is interrupted by a
-    reset; the host reloads the weights (an interrupted UPD may have written some) and
+    """For every phase (and 3 cycles into it) a step is interrupted by a reset; the host
+    reloads the weights (an interrupted UPD may have written some) and other samples and
     programs the settings again; the next step is bit-exact with the reference.  The old
     engine cleared its delta banks only in UPD, so an interrupted LOSS..UPD left them dirty."""
     sim = EngineSim(CFG)
     params, X, y = _data(CFG, seed=11)
+    _, Xa, ya = _data(CFG, seed=12)          # the interrupted step's samples: other deltas
     sgd_q = (98304, 20) if update == "sgd" else None
     trace = _reference(CFG, params, X, y, update, sgd_q=sgd_q)
     phases = [p for p in PHASES if not (update == "sgd" and p == "DIV")]
 
+    wrong = []
+
     async def bench(bus):
-        await bus.load(params, X, y)
         for phase in phases:
             for delay in (0, 3):
+                await bus.load(params, Xa, ya)
                 await bus.program(update, sgd_q=sgd_q)
                 await bus.start()
                 await bus.wait_state(phase)
@@ -362,9 +365,13 @@ def test_reset_in_every_phase_then_a_bit_exact_step(update):
                 assert bus.ctx.get(sim.state) == sim.states["IDLE"]
                 await bus.load(params, X, y)
                 await bus.step(update, sgd_q=sgd_q)
-                await _check_step(bus, trace, CFG.batch, f"step after a reset {delay} cycles into {phase}")
+                try:
+                    await _check_step(bus, trace, CFG.batch, f"{phase} + {delay}")
+                except AssertionError as e:
+                    wrong.append(str(e).splitlines()[0])
 
     sim.run(bench)
+    assert not wrong, f"steps after a reset (phase + cycles into it) that differ: {wrong}"
 
 
 # --------------------------------------------------------------------------- 3: FLAGS
