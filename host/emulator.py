@@ -5,9 +5,9 @@ the engine's access rules: writes to read-only, unmapped or padding words answer
 change nothing, and so do reads of unmapped, padding and write-only (CTRL) words; the windows
 and the read-write registers answer SLVERR while a step runs; every refused access raises the
 sticky ``bus_error`` flag; a start with an inconsistent configuration is refused with an
-error code in STATUS[15:8] (done keeps its value); a read-write register takes only values
-that fit its ``bits`` (wider ones answer SLVERR, as in the engine) and resets to the
-engine's value.
+error code in STATUS[15:8] (done keeps its value); a read-write register takes only the
+values of its ``value_range`` (others answer SLVERR, as in the engine) and resets to its
+``reset`` value.
 
 What a step computes is not modelled here: it is :meth:`dpfm.reference.MLP.step_raw` in the
 Config's fixed formats with the hardware's pruning policy, the project's single oracle.  So
@@ -31,8 +31,8 @@ __all__ = ["EmulatorTransport"]
 _UPDATE_NAMES = {v: k for k, v in UPDATE.items()}
 
 
-def _rw_reset(config) -> dict:
-    return {"BATCH_N": config.batch, "UPDATE": UPDATE["maxnorm"], "LR_Q": 0, "SGD_CQ": 0, "SGD_CS": 0}
+def _rw_reset(regmap) -> dict:
+    return {r.name: r.reset for r in regmap.registers if r.access == "rw"}
 
 
 class _Refused(Exception):
@@ -73,7 +73,7 @@ class EmulatorTransport(Transport):
     # -- state ----------------------------------------------------------------------------
     def reset(self) -> None:
         cfg = self.config
-        self._rw = _rw_reset(cfg)
+        self._rw = _rw_reset(self.regmap)
         self._status = 0
         self._busy_left = 0
         self._flags = 0
@@ -205,8 +205,7 @@ class EmulatorTransport(Transport):
             if rw["SGD_CQ"] == 0:
                 self._refuse(StartError.SGD_SCALE_ZERO)
                 return
-            # sgd_scale(lr, count) == (SGD_CQ, SGD_CS) up to normalisation, which leaves the
-            # update unchanged: the reference sees the registers' scale exactly.
+            # the reference takes the registers' scale (c_q, cs) as they are
             lr = rw["SGD_CQ"] * 2.0 ** -rw["SGD_CS"] * count / 2.0
         else:
             lr = 1.0
@@ -222,8 +221,9 @@ class EmulatorTransport(Transport):
         Xq = samples[:, :cfg.n_in].copy()
         yq = samples[:, cfg.n_in:cfg.n_in + cfg.n_out].copy()
         params = self._store["WEIGHTS"]
+        sgd_q = (self._rw["SGD_CQ"], self._rw["SGD_CS"]) if update == "sgd" else None
         st = self._net.step_raw(Xq, yq, params, cfg.k, lr, "maxnorm" if update == "none" else update,
-                                cfg.formats, cfg.policy)
+                                cfg.formats, cfg.policy, sgd_q=sgd_q)
         sats = st.saturations
         raised = {"sat_value": sats.get("value", 0), "sat_grad": sats.get("grad", 0)}
         if update != "none":

@@ -18,7 +18,7 @@ from .kernels import EXACT, STREAM, accumulate_delta, merge_layer
 from .ops import scale_registers
 
 __all__ = ["MLP", "Forward", "LayerTrace", "StepTrace", "History", "POLICIES", "UPDATES",
-           "param_layout", "resolve_k", "as_formats", "weights_sha256"]
+           "param_layout", "resolve_k", "as_formats", "weights_sha256", "SGD_CS_MIN", "SGD_CS_MAX"]
 
 POLICIES = {"exact": EXACT, "stream": STREAM}
 UPDATES = ("sgd", "maxnorm")
@@ -29,6 +29,12 @@ NORM_BITS = 17
 RECIP_FRAC = 35
 #: Fractional bits of the ratio ``delta / max|delta|`` (``|ratio| <= 1``).
 RATIO_FRAC = 16
+#: Smallest exponent ``cs`` :func:`sgd_scale` gives (``2*lr/count`` just below 1 rounds to
+#: ``c_q = 2**16``, ``cs = NORM_BITS - 1``).
+SGD_CS_MIN = NORM_BITS - 1
+#: Largest exponent ``cs`` :func:`sgd_scale` gives: it refuses ``2*lr/count < 2**-111``
+#: (the engine's SGD_CS register holds 7 bits).
+SGD_CS_MAX = 127
 
 
 def param_layout(sizes):
@@ -330,12 +336,13 @@ class MLP:
         return y
 
     # -- training ---------------------------------------------------------------------
-    def step_raw(self, Xr, yr, params, k, lr, update, fmt, policy):
+    def step_raw(self, Xr, yr, params, k, lr, update, fmt, policy, *, sgd_q=None):
         """One training step on raw numbers; returns a :class:`StepTrace` (params not mutated).
 
         Float: ``delta = dL/dtheta`` with L = MSE; ``sgd``: ``theta -= lr * delta``;
         ``maxnorm``: ``theta -= lr * delta / max|delta|`` (no update when the max is 0).
-        Fixed: see :func:`fixed_update`.
+        Fixed: see :func:`fixed_update` (``sgd_q``: the sgd scale ``(c_q, cs)`` to use instead
+        of ``sgd_scale(lr, count)``, as the engine's SGD_CQ and SGD_CS registers hold it).
         """
         traces, sats = self._forward_raw(Xr, params, k, fmt, policy)
         last = traces[-1]
@@ -355,7 +362,7 @@ class MLP:
             sats["value"] += c
             D, c = fmt.delta.saturate(accumulate_delta(last.grad_idx, last.grad_val, err, self.n_params))
             sats["delta"] = c
-            upd = fixed_update(D, lr, update, N * n_out, fmt)
+            upd = fixed_update(D, lr, update, N * n_out, fmt, sgd_q=sgd_q)
             new, c = fmt.weight.saturate(params - upd)
             sats["weight"] = c
             loss = float(np.mean(fmt.value.to_float(err) ** 2))
@@ -427,7 +434,7 @@ class MLP:
         return weights_sha256(self.params)
 
 
-def fixed_update(D, lr, update, count, fmt):
+def fixed_update(D, lr, update, count, fmt, *, sgd_q=None):
     """The amount (weight-format integers) the fixed-point update subtracts from each parameter.
 
     ``D`` are the exact delta sums (frac ``value.frac + grad.frac``), ``count`` = samples x
@@ -439,7 +446,8 @@ def fixed_update(D, lr, update, count, fmt):
     add one for a negative maximum), ``upd = round_shift(ratio * lr_q,
     16)`` with ``lr_q = round(lr * 2**weight.frac)``.
 
-    ``sgd``: ``c = 2 * lr / count`` as ``c_q * 2**-cs`` with ``c_q`` in [2**16, 2**17);
+    ``sgd``: ``c = 2 * lr / count`` as ``c_q * 2**-cs`` with ``c_q`` in [2**16, 2**17)
+    (:func:`sgd_scale`; or ``sgd_q = (c_q, cs)`` given, e.g. the engine's SGD_CQ and SGD_CS);
     ``upd = round_shift(Dn * c_q, delta.frac + cs - weight.frac - sh)``.
     """
     D = np.asarray(D, dtype=np.int64)
@@ -455,7 +463,7 @@ def fixed_update(D, lr, update, count, fmt):
         ratio = round_shift(Dn * recip, RECIP_FRAC - RATIO_FRAC)
         lr_q = int(lr_quantize(lr, fmt))
         return round_shift(ratio * lr_q, RATIO_FRAC)
-    c_q, cs = sgd_scale(lr, count)
+    c_q, cs = sgd_scale(lr, count) if sgd_q is None else (int(sgd_q[0]), int(sgd_q[1]))
     return round_shift(Dn * c_q, fmt.delta.frac + cs - fw - sh)
 
 
@@ -465,7 +473,11 @@ def lr_quantize(lr, fmt):
 
 
 def sgd_scale(lr, count):
-    """``2 * lr / count`` as ``(c_q, cs)`` with ``c_q * 2**-cs`` and 2**16 <= c_q < 2**17."""
+    """``2 * lr / count`` as ``(c_q, cs)`` with ``c_q * 2**-cs`` and 2**16 <= c_q < 2**17.
+
+    ``cs`` lies in ``SGD_CS_MIN..SGD_CS_MAX`` (16..127): ValueError unless
+    ``2**-111 <= 2 * lr / count < 1``.
+    """
     c = 2.0 * lr / count
     if not 0 < c < 1:
         raise ValueError(f"fixed-point sgd needs 0 < 2*lr/count < 1; lr={lr} with {count} "
@@ -476,4 +488,7 @@ def sgd_scale(lr, count):
     if c_q >= 1 << NORM_BITS:
         c_q >>= 1
         cs -= 1
+    if cs > SGD_CS_MAX:
+        raise ValueError(f"fixed-point sgd needs 2*lr/count >= 2**-{SGD_CS_MAX - NORM_BITS + 1}; "
+                         f"lr={lr} with {count} samples x outputs gives {c}")
     return c_q, cs

@@ -13,15 +13,22 @@ One step (``CTRL.start``) runs, for the ``BATCH_N`` samples in the SAMPLES windo
    streams.
 2. **Loss and delta**: all lanes at once, per output and register slot,
    ``e = sat(y' - y)`` and ``D_s[idx] += e * g`` into the lane's exact delta bank (the lane's
-   multiplier); ``sum e**2`` into LOSS.  ``D = sum_s D_s`` is formed when read.
+   multiplier); ``sum e**2`` into LOSS.  ``D = sum_s D_s`` is formed when read.  The banks
+   are cleared while the forward pass runs (one address per cycle, no extra cycle), so a
+   step never starts from what a reset or an interrupted step left in them.
 3. **Update** (``UPDATE`` sgd or maxnorm, skipped for none): ``m = max|D|``, normalisation,
-   a restoring divider for ``2**35 / m`` (maxnorm, two quotient bits per cycle), then one
-   parameter per cycle
+   a restoring divider for the :data:`RECIP_BITS`-bit ``2**35 / m`` (maxnorm, two quotient
+   bits per cycle), then one parameter per cycle
    ``w -= upd`` exactly as :func:`dpfm.reference.mlp.fixed_update`.
+
+Each lane counts its own write-backs and a layer ends when every lane has written back
+every neuron; MERGE_BUSY counts the cycles in which any active lane's merger takes a
+candidate; FLAGS are a :class:`StickyFlags` (a flag raised in the cycle of a clear stays).
 
 Timing (cycles, ``k_l`` = registers of layer ``l``'s inputs, 0 for the first layer):
 forward ``sum_l n_out_l * (n_in_l * (1 + k_l) + 1) + L * T_barrier``; loss/delta
-``n_out * k + 5``; update ``2 * P + 18 + 9`` (maxnorm) or ``2 * P + 9`` (sgd);
+``n_out * k + 5``; update ``2 * P + DIV_CYCLES + 9`` (maxnorm, ``DIV_CYCLES = 10``) or
+``2 * P + 9`` (sgd);
 see docs/engine.md.  Bit-exact with ``MLP.step_raw(..., policy="stream")`` in the Config's
 fixed formats.
 """
@@ -29,13 +36,13 @@ fixed formats.
 from __future__ import annotations
 
 from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
-from amaranth.lib import data, fifo, wiring
+from amaranth.lib import fifo, wiring
 from amaranth.lib.memory import Memory
-from amaranth.lib.wiring import In, connect, flipped
+from amaranth.lib.wiring import In, Out, connect, flipped
 
 from dpfm.config import Config
 from dpfm.reference.activations import ACT_CODES
-from dpfm.reference.mlp import NORM_BITS, RATIO_FRAC, RECIP_FRAC
+from dpfm.reference.mlp import NORM_BITS, RATIO_FRAC, RECIP_FRAC, SGD_CS_MIN
 
 from .activation import ActivationUnit
 from .axi import AXI4LiteSignature, AXI4LiteSlave
@@ -45,9 +52,19 @@ from .layouts import entry_layout, registers_layout
 from .regmap import ADDR_BITS, CTRL, FLAGS, ID_MAGIC, STATUS_ERROR_SHIFT, UPDATE, WINDOW_BITS, StartError, register_map
 from .topk import TopKMerger
 
-__all__ = ["Engine", "ISSUE_DEPTH", "AFIFO_LATENCY", "UPDATE_PIPE"]
+__all__ = ["Engine", "StickyFlags", "ISSUE_DEPTH", "AFIFO_LATENCY", "UPDATE_PIPE", "RECIP_BITS",
+           "DIV_CYCLES"]
 
 DELTA_BITS = 56          # exact delta banks (their sum is saturated to 48 bits when read)
+
+#: Bits of the maxnorm reciprocal ``floor(2**RECIP_FRAC / m_n)``: the normalised maximum
+#: ``m_n`` lies in ``[2**(NORM_BITS-1), 2**NORM_BITS)``, so the reciprocal lies in
+#: ``(2**(RECIP_FRAC-NORM_BITS), 2**(RECIP_FRAC-NORM_BITS+1)]`` (20 bits by default; the
+#: largest, for ``m_n = 2**16``, is ``2**19`` itself).
+RECIP_BITS = RECIP_FRAC - NORM_BITS + 2
+#: Cycles of the DIV state: the restoring divider makes two quotient bits per cycle and skips
+#: the quotient bits above :data:`RECIP_BITS`, which are always 0.
+DIV_CYCLES = (RECIP_BITS + 1) // 2
 
 
 def _or_all(terms):
@@ -76,6 +93,50 @@ def _fits(word, shape):
         top = word[w - 1:]                      # sign bit and everything above: all equal
         return (top == 0) | (top == (1 << len(top)) - 1)
     return word[w:] == 0
+
+
+def _takes(word, register, shape):
+    """True when the 32-bit bus ``word`` is a value the setting ``register`` takes
+    (:attr:`~dpfm.rtl.regmap.Register.value_range`): it fits ``shape`` and is not below the
+    register's ``min_value``."""
+    ok = _fits(word, shape)
+    lo, _ = register.value_range
+    shape_lo = -(1 << (shape.width - 1)) if shape.signed else 0
+    if lo > shape_lo:
+        value = word[:shape.width].as_signed() if shape.signed else word[:shape.width]
+        ok = ok & (value >= lo)
+    return ok
+
+
+class StickyFlags(wiring.Component):
+    """Sticky flag bits (the FLAGS register): raised by ``set``, dropped by ``clear``.
+
+    A bit raised in the cycle of a clear stays raised (set wins over clear): a clear drops
+    only the events of the cycles before it, so clearing while a step runs loses no event of
+    the rest of the step.
+
+    Parameters
+    ----------
+    width : int
+        Number of flags.
+
+    Members
+    -------
+    set : ``In(width)``
+        Bits to raise in this cycle.
+    clear : ``In(1)``
+        Drop every bit not raised in this cycle.
+    value : ``Out(width)``
+        The flags, updated on the clock edge after ``set`` / ``clear``.
+    """
+
+    def __init__(self, width: int):
+        super().__init__({"set": In(width), "clear": In(1), "value": Out(width)})
+
+    def elaborate(self, platform):
+        m = Module()
+        m.d.sync += self.value.eq(Mux(self.clear, 0, self.value) | self.set)
+        return m
 
 
 class Engine(wiring.Component):
@@ -152,15 +213,17 @@ class Engine(wiring.Component):
         busy = Signal()
         done = Signal()
         error = Signal(8)
-        flags = Signal(len(FLAGS))
+        m.submodules.flags = flag_reg = StickyFlags(len(FLAGS))
+        flags = flag_reg.value
         cycles = Signal(32)
         mul_busy = Signal(32)
         merge_busy = Signal(32)
-        def setting(name, init=0):        # a setting register, shaped as the register map says
+        def setting(name):        # a setting register, shaped and reset as the register map says
             reg = rmap[name]
-            return Signal(signed(reg.bits) if reg.signed else unsigned(reg.bits), init=init, name=name.lower())
-        batch_n = setting("BATCH_N", init=B)
-        update = setting("UPDATE", init=UPDATE["maxnorm"])
+            return Signal(signed(reg.bits) if reg.signed else unsigned(reg.bits), init=reg.reset,
+                          name=name.lower())
+        batch_n = setting("BATCH_N")
+        update = setting("UPDATE")
         lr_q = setting("LR_Q")
         sgd_cq = setting("SGD_CQ")
         sgd_cs = setting("SGD_CS")
@@ -168,7 +231,7 @@ class Engine(wiring.Component):
         start = Signal()
         clear_flags = Signal()
         set_flags = Signal(len(FLAGS))
-        m.d.sync += flags.eq(Mux(clear_flags, 0, flags | set_flags))
+        m.d.comb += [flag_reg.set.eq(set_flags), flag_reg.clear.eq(clear_flags)]
         with m.If(busy):
             m.d.sync += cycles.eq(cycles + 1)
 
@@ -208,7 +271,8 @@ class Engine(wiring.Component):
         j = Signal(16)             # neuron
         i = Signal(16)             # input (== nin: bias slot)
         r = Signal(16)             # 0: new entry, 1..kin: register r-1
-        fin = Signal(16)           # neurons of this layer written back
+        fins = [Signal(16, name=f"fin{s}") for s in range(B)]   # per lane: neurons written back
+        layer_done = Signal()      # every lane has written back every neuron of the layer
         stall = Signal()
 
         # stage 0 -> 1 -> 2 -> 3 -> outputs (merger/activation inputs, registered)
@@ -314,21 +378,25 @@ class Engine(wiring.Component):
                 vf.r_en.eq(ds.o.valid),
             ]
             m.d.comb += [
-                vmem_wr[s].addr.eq(Cat(fin[:abits], wr_buf)), vmem_wr[s].data.eq(vf.r_data),
+                vmem_wr[s].addr.eq(Cat(fins[s][:abits], wr_buf)), vmem_wr[s].data.eq(vf.r_data),
                 vmem_wr[s].en.eq(ds.o.valid),
-                rmem_wr[s].addr.eq(Cat(fin[:abits], wr_buf)), rmem_wr[s].data.eq(ds.o.payload.grads),
+                rmem_wr[s].addr.eq(Cat(fins[s][:abits], wr_buf)), rmem_wr[s].data.eq(ds.o.payload.grads),
                 rmem_wr[s].en.eq(ds.o.valid),
             ]
             flag_terms.append(Mux(lane_active[s], lane_sat | ((mg.sat | ds.sat) << FLAGS["sat_grad"]), 0))
 
         m.d.comb += stall.eq(Cat((mg.i.valid & ~mg.i.ready) | (au.i.valid & ~au.i.ready)
                                  for mg, au in zip(mergers, acts)).any())
-        with m.If(mergers[0].i.valid & mergers[0].i.ready):
+        # MERGE_BUSY: cycles in which the merger of at least one active lane takes a candidate
+        merge_take = Cat(mg.i.valid & mg.i.ready for mg in mergers)
+        with m.If((merge_take & lane_active).any()):
             m.d.sync += merge_busy.eq(merge_busy + 1)
         with m.If(~stall & v2 & (kind2 != KIND_BIAS)):
             m.d.sync += mul_busy.eq(mul_busy + 1)
-        with m.If(scalers[0].o.valid):
-            m.d.sync += fin.eq(fin + 1)
+        for s in range(B):
+            with m.If(scalers[s].o.valid):
+                m.d.sync += fins[s].eq(fins[s] + 1)
+        m.d.comb += layer_done.eq(Cat(f == nout for f in fins).all())
 
         # shared stage registers
         with m.If(~stall):
@@ -383,32 +451,45 @@ class Engine(wiring.Component):
         dmax = Signal(48)
         shift = Signal(signed(8))          # sh = bitlength(m) - NORM_BITS
         mn = Signal(NORM_BITS + 1)
-        recip = Signal(RECIP_FRAC + 1)
+        recip = Signal(2 * DIV_CYCLES)     # floor(2**RECIP_FRAC / mn) < 2**RECIP_BITS
         rem = Signal(NORM_BITS + 2)
-        div_i = Signal(range(RECIP_FRAC + 2))
-        sgd_shift = Signal(8)
+        div_i = Signal(range(DIV_CYCLES + 1))
         max_pass = Signal()
         upd_pass = Signal()
         d_total = Signal(signed(DELTA_BITS + 4))
         m.d.comb += d_total.eq(sum(rp.data for rp in d_rd))
         d_sat, d_ovf = saturate(d_total, fm.delta)
         d_abs = Mux(d_sat < 0, -d_sat, d_sat)[:48]
-        # Dn = D >> sh (floor) or D << -sh
-        dn1 = Signal(signed(NORM_BITS + 2))
+        # Dn = D >> sh (floor) or D << -sh: -2**(NORM_BITS-1)*2 <= Dn < 2**NORM_BITS since |D| <= m
+        dn1 = Signal(signed(NORM_BITS + 1))
         m.d.comb += dn1.eq(Mux(shift >= 0, d_sat >> shift.as_unsigned()[:6], d_sat << (-shift).as_unsigned()[:5]))
-        uv2 = Signal(); up2 = Signal(range(P + 1)); dn2 = Signal(signed(NORM_BITS + 2)); w2 = Signal(wshape)
-        uv3 = Signal(); up3 = Signal(range(P + 1)); prod_u3 = Signal(signed(NORM_BITS + 2 + RECIP_FRAC + 2)); w3 = Signal(wshape)
+        mult3 = Mux(update == UPDATE["maxnorm"], recip[:RECIP_BITS], sgd_cq)
+        uv2 = Signal(); up2 = Signal(range(P + 1)); dn2 = Signal.like(dn1); w2 = Signal(wshape)
+        uv3 = Signal(); up3 = Signal(range(P + 1)); prod_u3 = Signal(signed(len(dn1) + len(mult3) + 1)); w3 = Signal(wshape)
         uv4 = Signal(); up4 = Signal(range(P + 1)); w4 = Signal(wshape)
-        prod_u4 = Signal(signed(RATIO_FRAC + 2 + wshape.width + 1)); sgdupd4 = Signal(signed(64))
+        # sgd: upd = round_shift(Dn * c_q, delta.frac + cs - weight.frac - sh).  A shift of at
+        # least the product's width rounds every product to 0, so the shift is held clamped
+        # to it.  The smallest shift (cs = SGD_CS_MIN, sh = delta.bits - NORM_BITS) is 3 for
+        # the default formats; formats that make it negative get a left-shift path.
+        sgd_shift_max = len(prod_u3)
+        sgd_shift_min = fm.delta.frac - fw + SGD_CS_MIN - (fm.delta.bits - NORM_BITS)
+        sgd_shift = Signal(range(min(0, sgd_shift_min), sgd_shift_max + 1))
+        left_max = max(0, -sgd_shift_min)
+        prod_u4 = Signal(signed(RATIO_FRAC + 2 + wshape.width + 1))
+        sgdupd4 = Signal(signed(len(prod_u3) + 1 + left_max))
         ratio3 = round_shift(prod_u3, RECIP_FRAC - RATIO_FRAC)
-        mult3 = Mux(update == UPDATE["maxnorm"], recip, sgd_cq)
+        sgd_right = round_shift_var(prod_u3, sgd_shift.as_unsigned()[:sgd_shift_max.bit_length()], sgd_shift_max)
+        if left_max:
+            sgd_upd3 = Mux(sgd_shift < 0, prod_u3 << (-sgd_shift).as_unsigned()[:left_max.bit_length()], sgd_right)
+        else:
+            sgd_upd3 = sgd_right
         m.d.sync += [
             pv1.eq(max_pass | upd_pass), pmax1.eq(max_pass), pupd1.eq(upd_pass), pp1.eq(p),
             uv2.eq(pupd1), up2.eq(pp1), dn2.eq(dn1), w2.eq(w_rd.data),
             uv3.eq(uv2), up3.eq(up2), prod_u3.eq(dn2 * mult3), w3.eq(w2),
             uv4.eq(uv3), up4.eq(up3), w4.eq(w3),
             prod_u4.eq(ratio3[:RATIO_FRAC + 2].as_signed() * lr_q),   # |ratio| <= 2**16 + 1
-            sgdupd4.eq(round_shift_var(prod_u3, sgd_shift, 127)),
+            sgdupd4.eq(sgd_upd3),
         ]
         upd4 = Mux(update == UPDATE["maxnorm"], round_shift(prod_u4, RATIO_FRAC), sgdupd4)
         w_new4, w_ovf4 = saturate(w4 - upd4, fm.weight)
@@ -417,7 +498,13 @@ class Engine(wiring.Component):
         flag_terms.append((pmax1 & d_ovf) << FLAGS["sat_delta"])
         flag_terms.append((uv4 & w_ovf4) << FLAGS["sat_weight"])
 
-        # delta bank ports: accumulate in the loss phase, read and clear in the update passes
+        # delta bank ports: cleared at the start of every step, while the forward pass runs
+        # (one address per cycle; the forward pass lasts at least n_params cycles, so the
+        # clearing never delays the loss pass); accumulated in the loss phase; read in the
+        # update passes.  A reset or an interrupted step therefore never leaves a bank dirty.
+        clr = Signal(range(P + 1), init=P)     # next bank address to clear; P: all clear
+        with m.If(clr != P):
+            m.d.sync += clr.eq(clr + 1)
         for s in range(B):
             gi3, gi4, dprod4 = d_delta_ports[s]
             with m.If(lv3[s]):
@@ -426,8 +513,8 @@ class Engine(wiring.Component):
                 m.d.comb += d_rd[s].addr.eq(p)
             with m.If(lv4[s]):
                 m.d.comb += [d_wr[s].addr.eq(gi4), d_wr[s].data.eq(d_rd[s].data + dprod4), d_wr[s].en.eq(1)]
-            with m.Elif(pupd1):
-                m.d.comb += [d_wr[s].addr.eq(pp1), d_wr[s].data.eq(0), d_wr[s].en.eq(1)]
+            with m.Elif(clr != P):
+                m.d.comb += [d_wr[s].addr.eq(clr), d_wr[s].data.eq(0), d_wr[s].en.eq(1)]
 
         # ---------------------------------------------------------------- host access
         waddr = reg.addr           # word address
@@ -463,7 +550,8 @@ class Engine(wiring.Component):
                     with m.Else():
                         m.d.sync += [error.eq(StartError.NONE), busy.eq(1), done.eq(0), cycles.eq(1), mul_busy.eq(0),
                                      merge_busy.eq(0), loss.eq(0), layer.eq(0), j.eq(0), i.eq(0),
-                                     r.eq(0), fin.eq(0), dmax.eq(0), wbase.eq(offs[0])]
+                                     r.eq(0), dmax.eq(0), wbase.eq(offs[0]), clr.eq(0)]
+                        m.d.sync += [f.eq(0) for f in fins]
                         m.next = "FWD"
             with m.State("FWD"):
                 for s in range(B):
@@ -481,8 +569,9 @@ class Engine(wiring.Component):
                     with m.Else():
                         m.d.sync += r.eq(r + 1)
             with m.State("FWD_WAIT"):
-                with m.If(fin == nout):
-                    m.d.sync += [fin.eq(0), j.eq(0), i.eq(0), r.eq(0)]
+                with m.If(layer_done & ((layer != L - 1) | (clr == P))):
+                    m.d.sync += [j.eq(0), i.eq(0), r.eq(0)]
+                    m.d.sync += [f.eq(0) for f in fins]
                     with m.If(layer == L - 1):
                         m.d.sync += [lo.eq(0), lr.eq(0)]
                         m.next = "LOSS"
@@ -525,11 +614,14 @@ class Engine(wiring.Component):
                     with m.If(dmax[bit]):
                         m.d.comb += bl.eq(bit + 1)
                 sh = (bl.as_signed() - NORM_BITS)
+                sgd_full = fm.delta.frac - fw + sgd_cs - sh
                 m.d.sync += [
                     shift.eq(sh),
                     mn.eq(Mux(sh >= 0, dmax >> sh.as_unsigned()[:6], dmax << (-sh).as_unsigned()[:5])),
-                    sgd_shift.eq(fm.delta.frac + sgd_cs - fw - sh),
-                    rem.eq(0), recip.eq(0), div_i.eq(0), p.eq(0),
+                    sgd_shift.eq(Mux(sgd_full > sgd_shift_max, sgd_shift_max, sgd_full)),
+                    # the quotient bits above 2 * DIV_CYCLES are 0: their remainder is the
+                    # dividend 2**RECIP_FRAC cut to its bits above them
+                    rem.eq(1 << (RECIP_FRAC - 2 * DIV_CYCLES)), recip.eq(0), div_i.eq(0), p.eq(0),
                 ]
                 with m.If(dmax == 0):
                     m.next = "DONE"
@@ -538,15 +630,16 @@ class Engine(wiring.Component):
                 with m.Else():
                     m.next = "UPD"
             with m.State("DIV"):
-                # restoring division of 2**RECIP_FRAC by mn, two quotient bits per cycle
-                trial1 = Cat(div_i == 0, rem)
+                # restoring division of 2**RECIP_FRAC by mn, two quotient bits per cycle, the
+                # 2 * DIV_CYCLES low ones (the dividend's bits there are 0)
+                trial1 = Cat(Const(0, 1), rem)
                 q1 = trial1 >= mn
                 rem1 = Mux(q1, trial1 - mn, trial1)[:len(rem)]
                 trial2 = Cat(Const(0, 1), rem1)
                 q2 = trial2 >= mn
                 rem2 = Mux(q2, trial2 - mn, trial2)
                 m.d.sync += [rem.eq(rem2), recip.eq(Cat(q2, q1, recip)), div_i.eq(div_i + 1)]
-                with m.If(div_i == (RECIP_FRAC + 1) // 2 - 1):
+                with m.If(div_i == DIV_CYCLES - 1):
                     m.next = "UPD"
             with m.State("UPD"):
                 m.d.comb += [upd_pass.eq(1), w_rd.addr.eq(p)]
@@ -602,7 +695,7 @@ class Engine(wiring.Component):
                         for name, sig in regs_rw.items():
                             with m.Case(rmap[name].offset >> 2):
                                 # a value the register cannot hold is refused, not truncated
-                                with m.If(busy | ~_fits(reg.w_data, sig.shape())):
+                                with m.If(busy | ~_takes(reg.w_data, rmap[name], sig.shape())):
                                     m.d.sync += werr.eq(1)
                                 with m.Else():
                                     m.d.sync += sig.eq(reg.w_data)

@@ -19,9 +19,13 @@ def round_shift(x, s: int):
 
 
 def round_shift_var(x, s, max_shift: int):
-    """Like :func:`round_shift` with a run-time unsigned shift ``s`` (0..max_shift)."""
+    """Like :func:`round_shift` with a run-time unsigned shift ``s`` (0..max_shift).
+
+    The rounding constant ``2**(s-1)`` is ``max_shift`` bits wide, so the adder is
+    ``max(len(x), max_shift) + 1`` bits wide.
+    """
     nb = max(1, max_shift.bit_length())
-    half = Mux(s == 0, 0, Const(1, 1) << (s - 1).as_unsigned()[:nb])
+    half = Mux(s == 0, 0, (Const(1, 1) << (s - 1).as_unsigned()[:nb])[:max(1, max_shift)])
     return (x + half) >> s[:nb]
 
 

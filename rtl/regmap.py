@@ -15,7 +15,7 @@ import json
 from dataclasses import asdict, dataclass
 from enum import IntEnum
 
-from dpfm.reference.mlp import NORM_BITS
+from dpfm.reference.mlp import NORM_BITS, SGD_CS_MAX, SGD_CS_MIN
 
 __all__ = ["Register", "Window", "RegisterMap", "register_map", "ID_MAGIC", "ADDR_BITS",
            "WINDOW_BITS", "CTRL", "STATUS", "FLAGS", "UPDATE", "StartError", "ERRORS", "Resp"]
@@ -29,7 +29,7 @@ CTRL = {"start": 0, "clear_flags": 1}
 # STATUS bits
 STATUS = {"busy": 0, "done": 1}
 STATUS_ERROR_SHIFT = 8        # STATUS[15:8]: error code of the last refused start
-# sticky FLAGS bits (cleared by CTRL.clear_flags)
+# sticky FLAGS bits (cleared by CTRL.clear_flags; a flag raised in the clearing cycle stays)
 FLAGS = {"sat_value": 0, "sat_grad": 1, "sat_delta": 2, "sat_weight": 3, "bus_error": 4}
 # UPDATE register values
 UPDATE = {"sgd": 0, "maxnorm": 1, "none": 2}
@@ -71,12 +71,20 @@ class Register:
     doc: str
     bits: int = 32         # width of the value held; a wider write to a "rw" register is refused
     signed: bool = False   # two's complement (the bus word is sign-extended on read)
+    min_value: int | None = None   # smallest value a "rw" register takes (None: what ``bits`` hold)
+    reset: int = 0         # value after reset
+
+    @property
+    def value_range(self) -> tuple:
+        """``(lo, hi)``: the values a write may store (both included); others are refused."""
+        lo, hi = (-(1 << (self.bits - 1)), (1 << (self.bits - 1)) - 1) if self.signed \
+            else (0, (1 << self.bits) - 1)
+        return (lo if self.min_value is None else max(lo, self.min_value)), hi
 
     def fits(self, value: int) -> bool:
-        """True when ``value`` is representable in this register (``bits``, ``signed``)."""
-        if self.signed:
-            return -(1 << (self.bits - 1)) <= value < (1 << (self.bits - 1))
-        return 0 <= value < (1 << self.bits)
+        """True when ``value`` is a value this register takes (:attr:`value_range`)."""
+        lo, hi = self.value_range
+        return lo <= value <= hi
 
 
 @dataclass(frozen=True)
@@ -148,20 +156,22 @@ def register_map(config) -> RegisterMap:
         Register("CONFIG_HASH", 0x004, "ro", "Config.hash of the configuration built"),
         Register("CTRL", 0x008, "wo", "bit 0 start a step, bit 1 clear FLAGS"),
         Register("STATUS", 0x00C, "ro", "bit 0 busy, bit 1 done; [15:8] error code of the last refused start"),
-        Register("FLAGS", 0x010, "ro", "sticky: bit 0..3 saturation of value/grad/delta/weight, bit 4 bus error"),
+        Register("FLAGS", 0x010, "ro", "sticky (a flag raised in the cycle of a clear stays): bit 0..3 saturation of value/grad/delta/weight, bit 4 bus error"),
         Register("CYCLES", 0x014, "ro", "clock cycles of the last step"),
         Register("BATCH_N", 0x018, "rw", "samples in the next step (1..batch)",
-                 bits=config.batch.bit_length()),
-        Register("UPDATE", 0x01C, "rw", "0 sgd, 1 maxnorm, 2 none (forward and loss only)", bits=2),
+                 bits=config.batch.bit_length(), reset=config.batch),
+        Register("UPDATE", 0x01C, "rw", "0 sgd, 1 maxnorm, 2 none (forward and loss only)", bits=2,
+                 reset=UPDATE["maxnorm"]),
         Register("LR_Q", 0x020, "rw", "maxnorm learning rate in weight-format integers",
                  bits=config.formats.weight.bits),
         Register("SGD_CQ", 0x024, "rw", "sgd scale mantissa c_q (2*lr/count = c_q * 2**-cs)",
                  bits=NORM_BITS + 1),
-        Register("SGD_CS", 0x028, "rw", "sgd scale exponent cs", bits=8, signed=True),
+        Register("SGD_CS", 0x028, "rw", f"sgd scale exponent cs, {SGD_CS_MIN}..{SGD_CS_MAX} (the range of sgd_scale)",
+                 bits=SGD_CS_MAX.bit_length(), min_value=SGD_CS_MIN, reset=SGD_CS_MIN),
         Register("LOSS_LO", 0x02C, "ro", "sum of squared errors of the last step, bits 31..0 (frac 2*value.frac)"),
         Register("LOSS_HI", 0x030, "ro", "same, bits 63..32"),
         Register("MUL_BUSY", 0x034, "ro", "cycles of the last step with the lane multipliers busy"),
-        Register("MERGE_BUSY", 0x038, "ro", "cycles of the last step with the mergers taking an entry"),
+        Register("MERGE_BUSY", 0x038, "ro", "cycles of the last step in which the merger of at least one active lane takes a candidate"),
         Register("K", 0x03C, "ro", "registers per activation"),
         Register("N_PARAMS", 0x040, "ro", "parameters"),
         Register("BATCH", 0x044, "ro", "configured batch (sample lanes)"),

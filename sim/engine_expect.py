@@ -31,10 +31,10 @@ from amaranth.lib import data
 from dpfm.config import Config
 from dpfm.reference import MLP, new_entry, scale_registers
 from dpfm.reference.activations import ACT_CODES
-from dpfm.reference.mlp import RECIP_FRAC, lr_quantize, sgd_scale
+from dpfm.reference.mlp import lr_quantize, sgd_scale
 from dpfm.rtl.activation import PIPELINE_STAGES as ACT_LATENCY
 from dpfm.rtl.dual_scale import PIPELINE_STAGES as SCALE_LATENCY
-from dpfm.rtl.engine import AFIFO_LATENCY, ISSUE_DEPTH, UPDATE_PIPE  # the pipeline's constants
+from dpfm.rtl.engine import AFIFO_LATENCY, DIV_CYCLES, ISSUE_DEPTH, UPDATE_PIPE  # the pipeline's constants
 from dpfm.rtl.regmap import FLAGS
 
 __all__ = [
@@ -212,7 +212,8 @@ def candidates_per_list(config: Config, layer: int) -> int:
 def step_counts(case: StepCase) -> dict:
     """MERGE_BUSY and MUL_BUSY of the step, from the structure and the reference.
 
-    ``MERGE_BUSY`` counts lane 0's merger handshakes: every candidate,
+    ``MERGE_BUSY`` counts the cycles in which an active lane's merger takes a candidate; the
+    lanes take each one in the same cycle, so that is every candidate,
     ``sum_l n_out_l * (n_in_l * (1 + k_in_l) + 1)``.  ``MUL_BUSY`` counts the cycles the lane
     multipliers work: every non-bias candidate of the forward pass, plus, in the loss pass
     (all lanes at once, one (output, register slot) per cycle), each slot where some active
@@ -336,7 +337,7 @@ def phase_cycles(config: Config, *, update: str = "maxnorm", loss_drain: int = 5
         phases.update({"MAX": P, "MAX_DRAIN": 2, "NORM": 1})
         if not delta_zero:
             if update == "maxnorm":
-                phases["DIV"] = (RECIP_FRAC + 1) // 2      # two quotient bits per cycle
+                phases["DIV"] = DIV_CYCLES      # two quotient bits per cycle, RECIP_BITS of them
             phases.update({"UPD": P, "UPD_DRAIN": 1 + UPDATE_PIPE})
     phases["DONE"] = 1
     return phases

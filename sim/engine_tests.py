@@ -419,15 +419,15 @@ async def _check_refused_starts(tb):
 
 @cocotb.test(timeout_time=20, timeout_unit="ms")
 async def out_of_range_settings(dut):
-    """A value a setting register cannot hold (its ``bits`` in the register map) is refused at
+    """A value a setting register does not take (its ``value_range`` in the register map) is refused at
     the write: SLVERR, the register keeps its value, FLAGS.bus_error rises.  Never truncated:
     BATCH_N = 2**bits + 1 must not become a 1-sample step, UPDATE = 5 not maxnorm."""
     tb = await _setup(dut)
     cfg = tb.config
     for reg in (r for r in tb.regmap.registers if r.access == "rw"):
-        lo, hi = (-(1 << (reg.bits - 1)), (1 << (reg.bits - 1)) - 1) if reg.signed else (0, (1 << reg.bits) - 1)
+        lo, hi = reg.value_range
         before = await tb.read_reg(reg.name)
-        wide = [hi + 2] + ([lo - 2] if reg.signed else [])
+        wide = [hi + 2] + ([lo - 2] if reg.signed else []) + ([lo - 1] if lo > 0 else [])
         for value in wide:
             if reg.bits >= 32 and not reg.signed:
                 continue                                  # every word fits

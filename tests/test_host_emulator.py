@@ -173,9 +173,11 @@ def test_read_write_registers_refuse_values_they_cannot_hold():
     m = t.regmap
     assert t.read(m["BATCH_N"].offset) == CFG.batch                 # reset values
     assert t.read(m["UPDATE"].offset) == UPDATE["maxnorm"]
-    t.write(m["SGD_CS"].offset, -3)
-    assert t.read(m["SGD_CS"].offset) == (-3) & 0xFFFFFFFF            # signed, sign-extended
-    for name, value in (("UPDATE", 6), ("SGD_CS", 200), ("SGD_CS", -200),
+    assert t.read(m["SGD_CS"].offset) == m["SGD_CS"].reset == 16
+    t.write(m["SGD_CS"].offset, 127)
+    assert t.read(m["SGD_CS"].offset) == 127                          # 16..127: sgd_scale's range
+    for name, value in (("UPDATE", 6), ("SGD_CS", 200), ("SGD_CS", -200), ("SGD_CS", -3),
+                        ("SGD_CS", 15), ("SGD_CS", 128),
                         ("BATCH_N", 1 << m["BATCH_N"].bits), ("LR_Q", 1 << m["LR_Q"].bits)):
         before = t.read(m[name].offset)
         t.write(m["CTRL"].offset, 1 << CTRL["clear_flags"])
