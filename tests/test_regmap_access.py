@@ -19,30 +19,32 @@ from amaranth_engine import AmaranthTransport
 
 from dpfm.config import Config
 from dpfm.host import BusError, EmulatorTransport
-from dpfm.rtl.regmap import CTRL, FLAGS, register_map
+from dpfm.rtl.regmap import CTRL, FLAGS, Resp, register_map
 
-#: ``(name, byte offset, access, bits, signed)`` of every register of ``Config()``, in map order.
-#: Access: ``ro`` read-only, ``rw`` read-write, ``wo`` write-only.  BATCH_N holds 1..batch
-#: (batch 10: 4 bits), LR_Q a weight-format integer (18.12: 18 bits).
+#: ``(name, byte offset, access, bits, signed, values a write may store, reset)`` of every
+#: register of ``Config()``, in map order (resets: BATCH_N = batch, UPDATE = maxnorm).  Access: ``ro`` read-only, ``rw`` read-write, ``wo``
+#: write-only.  BATCH_N holds 1..batch (batch 10: 4 bits; 0 is held and refused at start), LR_Q
+#: a weight-format integer (18.12: 18 bits), SGD_CS exactly the exponents sgd_scale gives.
+R32 = (0, (1 << 32) - 1)
 REGISTERS = [
-    ("ID",          0x000, "ro", 32, False),
-    ("CONFIG_HASH", 0x004, "ro", 32, False),
-    ("CTRL",        0x008, "wo", 32, False),
-    ("STATUS",      0x00C, "ro", 32, False),
-    ("FLAGS",       0x010, "ro", 32, False),
-    ("CYCLES",      0x014, "ro", 32, False),
-    ("BATCH_N",     0x018, "rw", 4, False),
-    ("UPDATE",      0x01C, "rw", 2, False),
-    ("LR_Q",        0x020, "rw", 18, False),
-    ("SGD_CQ",      0x024, "rw", 18, False),
-    ("SGD_CS",      0x028, "rw", 8, True),
-    ("LOSS_LO",     0x02C, "ro", 32, False),
-    ("LOSS_HI",     0x030, "ro", 32, False),
-    ("MUL_BUSY",    0x034, "ro", 32, False),
-    ("MERGE_BUSY",  0x038, "ro", 32, False),
-    ("K",           0x03C, "ro", 32, False),
-    ("N_PARAMS",    0x040, "ro", 32, False),
-    ("BATCH",       0x044, "ro", 32, False),
+    ("ID",          0x000, "ro", 32, False, R32, 0),
+    ("CONFIG_HASH", 0x004, "ro", 32, False, R32, 0),
+    ("CTRL",        0x008, "wo", 32, False, R32, 0),
+    ("STATUS",      0x00C, "ro", 32, False, R32, 0),
+    ("FLAGS",       0x010, "ro", 32, False, R32, 0),
+    ("CYCLES",      0x014, "ro", 32, False, R32, 0),
+    ("BATCH_N",     0x018, "rw", 4, False, (0, 15), 10),
+    ("UPDATE",      0x01C, "rw", 2, False, (0, 3), 1),
+    ("LR_Q",        0x020, "rw", 18, False, (0, (1 << 18) - 1), 0),
+    ("SGD_CQ",      0x024, "rw", 18, False, (0, (1 << 18) - 1), 0),
+    ("SGD_CS",      0x028, "rw", 7, False, (16, 127), 16),
+    ("LOSS_LO",     0x02C, "ro", 32, False, R32, 0),
+    ("LOSS_HI",     0x030, "ro", 32, False, R32, 0),
+    ("MUL_BUSY",    0x034, "ro", 32, False, R32, 0),
+    ("MERGE_BUSY",  0x038, "ro", 32, False, R32, 0),
+    ("K",           0x03C, "ro", 32, False, R32, 0),
+    ("N_PARAMS",    0x040, "ro", 32, False, R32, 0),
+    ("BATCH",       0x044, "ro", 32, False, R32, 0),
 ]
 
 #: ``(name, base, access, words, row_words)`` of every window of ``Config()`` (net 4-5-5-1:
@@ -53,9 +55,9 @@ WINDOWS = [
     ("OUTPUTS", 0x30000, "ro", 10, 1),
 ]
 
-READ_ONLY = [name for name, _, access, _, _ in REGISTERS if access == "ro"]
-READ_WRITE = [name for name, _, access, _, _ in REGISTERS if access == "rw"]
-WRITE_ONLY = [name for name, _, access, _, _ in REGISTERS if access == "wo"]
+READ_ONLY = [name for name, _, access, *_ in REGISTERS if access == "ro"]
+READ_WRITE = [name for name, _, access, *_ in REGISTERS if access == "rw"]
+WRITE_ONLY = [name for name, _, access, *_ in REGISTERS if access == "wo"]
 OFFSET = {name: offset for name, offset, *_ in REGISTERS}
 BUS_ERROR = 1 << FLAGS["bus_error"]
 
@@ -67,7 +69,8 @@ def test_register_map_is_pinned():
     """Name, offset, access, width and signedness of every register, and every window, of
     the default Config's map are exactly the tables (nothing added, dropped or reordered)."""
     m = register_map(Config())
-    assert [(r.name, r.offset, r.access, r.bits, r.signed) for r in m.registers] == REGISTERS
+    assert [(r.name, r.offset, r.access, r.bits, r.signed, r.value_range, r.reset)
+            for r in m.registers] == REGISTERS
     assert [(w.name, w.base, w.access, w.length, w.row_words) for w in m.windows] == WINDOWS
 
 
@@ -84,7 +87,7 @@ def _check_read_only(t, name, addr):
     try:
         t.write(addr, ~before & 0xFFFFFFFF)
     except BusError as e:
-        assert e.write and e.resp == 2 and e.addr == addr
+        assert e.write and e.resp == Resp.SLVERR and e.addr == addr
     else:
         pytest.fail(f"{t.name}: a write to the read-only {name} at {addr:#07x} was accepted")
     flags = t.read(OFFSET["FLAGS"])
@@ -107,12 +110,14 @@ def _check_access(t, config):
         try:
             t.read(OFFSET[name])
         except BusError as e:
-            assert not e.write and e.resp == 2
+            assert not e.write and e.resp == Resp.SLVERR
         else:
             pytest.fail(f"{t.name}: a read of the write-only {name} was answered")
-    for name in READ_WRITE:            # 1 fits every read-write register (BATCH_N 1..batch)
-        t.write(OFFSET[name], 1)
-        assert t.read(OFFSET[name]) == 1, name
+    for name in READ_WRITE:            # the lowest value each takes, other than its reset
+        lo = next(r[5][0] for r in REGISTERS if r[0] == name)
+        value = lo + 1 if lo == m[name].reset else lo
+        t.write(OFFSET[name], value)
+        assert t.read(OFFSET[name]) == value, name
     for name, base, access, *_ in WINDOWS:
         if access == "rw":
             t.write(base, 0x123)
