@@ -72,9 +72,10 @@ class TopKMerger(wiring.Component):
     ``2**(bits-1)``, one more than the largest positive value.
 
     A *list* is the candidates from the one after the previous ``last`` up to and including the
-    next one with ``last = 1``.  When the ``last`` candidate is accepted, the finished list
-    (including that candidate) moves to the output register and is offered on ``o``; the
-    working list starts empty in the same cycle, so the next list streams in without a bubble.
+    next one with ``last = 1``.  The candidates flow through a three-stage pipeline; when the
+    ``last`` one leaves the final stage, the finished list moves to the output register and is
+    offered on ``o``, and the working list starts empty in the same cycle, so the next list
+    streams in behind it without a bubble.
 
     Parameters
     ----------
@@ -91,8 +92,9 @@ class TopKMerger(wiring.Component):
         One finished list per transfer: ``k`` entries ``{idx, val}`` sorted by (``|val|``
         descending, ``idx`` ascending), empty entries (``val == 0``, ``idx`` don't-care) last.
     sat : ``Out(1)``
-        High for one cycle for each candidate whose addition to a held entry saturated (the
-        cycle after that candidate's handshake): one pulse per saturation the reference counts.
+        High for one cycle for each candidate whose addition to a held entry saturated (2
+        cycles after that candidate's handshake): one pulse per saturation the reference
+        counts.
 
     Raises
     ------
@@ -103,45 +105,70 @@ class TopKMerger(wiring.Component):
     -----
     **Timing.**  For a list of ``C >= 1`` candidates fed without stalls:
 
-    - initiation interval ``II = C`` cycles per list (``i.ready`` stays high; lists follow each
-      other with no idle cycle), i.e. 1 candidate per cycle sustained; merging two full
-      k-lists (``C = 2k``) takes ``2k`` cycles;
-    - latency ``L = 1``: ``o.valid`` rises on the clock edge that accepts the ``last``
-      candidate, i.e. the list is offered 1 cycle after that handshake, and
-      ``C - 1 + L = C`` cycles after the handshake of the list's first candidate.
+    - initiation interval ``II = C`` cycles per list (:attr:`ii` = 1 candidate per cycle
+      sustained; lists follow each other with no idle cycle); merging two full k-lists
+      (``C = 2k``) takes ``2k`` cycles;
+    - latency ``L = 3`` (:attr:`latency`): the list is offered on ``o`` 3 cycles after the
+      handshake of its ``last`` candidate (``o.valid`` rises on the clock edge that ends
+      stage 3 of that candidate), i.e. ``C - 1 + L = C + 2`` cycles after the handshake of
+      its first candidate.
 
-    The output register is a second buffer: ``i.ready`` is low only while a ``last``
-    candidate is offered and the previous list is still held on ``o`` (``o.valid`` and not
-    ``o.ready``).  ``i.ready`` therefore depends combinationally on ``o.ready`` and on
-    ``i.payload.last`` (never on ``i.valid``).
+    The output register holds one list.  ``i.ready`` is low only while the ``last`` candidate
+    of a list waits in stage 3 because the previous list is still held on ``o`` (``o.valid``
+    and not ``o.ready``); the whole pipeline holds then, so the stall falls on the one or two
+    candidates after that ``last``, never on the ``last`` itself.  ``i.ready`` depends
+    combinationally on ``o.ready`` and on registers only (not on ``i.valid`` or
+    ``i.payload``).
 
     **Storage format.**  The ``k`` working cells and the output register hold sign-magnitude
-    entries ``{idx, mag: unsigned(bits), neg}`` (empty: ``mag == 0``): the compares then read
-    magnitudes directly, with no negation per cell.  The conversion back to two's complement (``k``
-    conditional negations) sits after the output register, outside the insertion loop.
+    entries ``{idx, mag: unsigned(bits), neg}`` (empty: ``mag == 0``, ``idx == 0``): the
+    compares then read magnitudes directly, with no negation per cell.  The conversion back to
+    two's complement (``k`` conditional negations) sits after the output register, outside the
+    insertion loop.
 
-    **One insertion per cycle.**  The candidate is broadcast to all ``k`` cells at once:
+    **Pipeline.**  Three stages, one candidate in each, all advancing together:
 
-    1. every cell compares its index with the candidate's (``hit``: at most one held entry;
-       an empty cell matching a stale index contributes a zero partial and changes nothing);
-    2. the hit cell's partial is selected (one-hot OR) and added to the candidate in
-       sign-magnitude (an adder and two subtractors in parallel, the adder saturating to
-       ``2**(bits-1) - 1`` or ``2**(bits-1)``); without a hit the same path yields the
-       candidate itself;
-    3. the resulting magnitude and index are compared with every cell as one unsigned
-       compare of ``{mag, ~idx}`` (this is the (``|val|`` desc, ``idx`` asc) order);
-    4. every cell picks its next content from {left neighbour, itself, right neighbour, the
-       new entry}: cells above the new entry's place keep theirs, the one at its place takes
-       the new entry, cells between the place and a removed hit cell shift by one toward the
-       hole.  Remove-and-reinsert of a hit entry is therefore a single cycle.
+    1. *Lookup.*  The candidate's index is compared with every cell (``hit``: the cell that
+       holds it, at most one held entry; empty cells, index 0, may match too and are
+       harmless).  ``|val|`` is formed and registered.
+    2. *Sum.*  The held partial is the one-hot OR of the hit cell's magnitude and sign; it is
+       added to the candidate in sign-magnitude (an adder, two subtractors and a saturation
+       test in parallel, saturating to ``2**(bits-1) - 1`` or ``2**(bits-1)``); without a
+       hit the result is the candidate itself.  The sum is registered with its index.
+    3. *Insertion.*  The summed entry's ``{mag, ~idx}`` is compared with every cell as one
+       unsigned compare (the (``|val|`` desc, ``idx`` asc) order), and every cell picks its
+       next content from {left neighbour, itself, right neighbour, the new entry}: cells above
+       the new place keep theirs, the one at the place takes the new entry, cells between the
+       place and a removed hit cell shift by one toward the hole.  Remove-and-reinsert of a
+       hit entry is one cycle.
 
-    **Resources (intuition).**  Per cell: an ``idx_bits`` equality compare, a
-    ``bits + idx_bits`` magnitude compare, a 4:1 multiplexer and ``idx_bits + bits + 1``
-    flip-flops for the working list plus as many for the output register, plus a conditional
-    negator on the output.  Shared: a ``k``-way one-hot select, one adder, two subtractors
-    and the saturation logic.  Everything grows linearly in ``k``; the critical path (index
-    compare, select, add, magnitude compare, prefix OR over ``k`` hit bits, cell mux) grows
-    with ``log k``.
+    **Forwarding.**  Each candidate must see the list as left by every candidate before it,
+    but the one or two before it are still in stages 2 and 3:
+
+    - *The hit bits move with the list.*  The hit vector found in stage 1, and the one carried
+      by stage 2, pass through the same {left, self, right, new} choice as the cells when
+      stage 3 changes the list, so they always point into the current cells.  The cell that
+      takes stage 3's entry is a hit when that entry has the candidate's index (compared in
+      stage 1 against the entries in stages 2 and 3); a cell that is pushed out or removed
+      takes its hit bit with it; nothing matches after a list closes.
+    - *The entry in stage 3 is summed into the one in stage 2.*  Stage 2 computes two sums
+      in parallel, with the hit cell's partial and with the entry in stage 3, and picks one
+      late, from stage 3's compare with cell ``k-1``: the entry in stage 3 has the same index
+      (a repeated index) and ends up in the list (it is placed: a summed entry always is, a
+      new one when it goes before cell ``k-1``) -> its sum; it sums to zero or is not placed
+      -> the candidate alone; the hit cell is cell ``k-1`` and stage 3 places a new entry into
+      a full list (eviction of the entry just hit) -> the candidate alone; stage 3 closes
+      the list -> the candidate alone; otherwise the hit cell's sum.
+
+    **Resources (intuition).**  Per cell: an ``idx_bits`` equality compare (stage 1), a
+    ``bits + idx_bits`` magnitude compare (stage 3), a 4:1 multiplexer per bit of the cell
+    and per hit bit, and ``idx_bits + bits + 1`` flip-flops for the working list plus as many
+    for the output register and two hit bits, plus a conditional negator on the output.
+    Shared: two more index compares (against stages 2 and 3), a ``k``-way one-hot select, two
+    sign-magnitude sums (each two adders, two subtractors and a compare) and about
+    ``3 * bits + 2 * idx_bits`` stage-register bits.  Everything grows linearly in ``k``; the
+    longest path of each stage (stage 2: one-hot select, add, late select; stage 3: magnitude
+    compare, prefix OR over ``k`` hit bits, cell multiplexer) grows with ``log k``.
     """
 
     def __init__(self, config: Config):
