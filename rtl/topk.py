@@ -261,7 +261,8 @@ class TopKMerger(wiring.Component):
 
         def moved(name, hits, new_hit):
             """Hit bits of the list after stage 3: they move with the cells; the cell that
-            takes the new entry matches when ``new_hit``; nothing matches in a new list."""
+            takes the new entry matches when ``new_hit``; nothing matches in a new list
+            (defensive: without the clear, stale bits would only mark empty cells)."""
             out = Signal(k, name=name)
             m.d.comb += out.eq(Cat(
                 _pick(m, f"{name}{u}", select[u], [hits[t] for t in range(k)], u, new_hit, 0)

@@ -5,7 +5,9 @@ hypothesis example; an example is a batch of candidate lists streamed back to ba
 producer testbench with random ``i.valid`` stalls, drained by a consumer testbench with random
 ``o.ready`` backpressure.  Expected lists come only from the reference, inserting the
 candidates one by one into an empty list; every output entry and the number of ``sat`` pulses
-are compared.
+are compared.  Directed lists aim at the pipeline's forwarding (a candidate depending on the
+one or two before it, still in flight): repeated indices, sums to zero, eviction of the entry
+just hit, ties and saturation, back to back and under stalls.
 """
 
 from __future__ import annotations
