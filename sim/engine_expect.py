@@ -255,15 +255,18 @@ def layer_cycles(config: Config, layer: int) -> tuple[int, int]:
       ``load_j = max(h_j + L_m - 1, t_{j-1})`` (``L_m`` = :func:`merger_latency`), once the
       DualScale has taken list ``j-1`` (at ``t_{j-1}``), and is offered from ``load_j + 1``;
       until then the merger refuses a candidate and the whole issue stalls: with ``L_m = 1``
-      the ``last`` candidate waits (``h_j = max(o_j, t_{j-1})``), with ``L_m = 2`` the next
-      list's first one (``h_j = o_j``);
+      the ``last`` candidate waits (``h_j = max(o_j, t_{j-1})``); with ``L_m >= 2`` the
+      ``last`` one is taken (``h_j = o_j``), the next list's first ``L_m - 2`` candidates
+      enter the stages behind it and the following one waits until ``load_j`` (the
+      three-stage TopKMerger has ``L_m = 3``);
     - the activation unit takes ``z`` at ``o_j``; ``(a, f'(z))`` is readable from the FIFO
       at ``o_j + ACT_LATENCY + AFIFO_LATENCY``;
     - the DualScale is offered both at ``s_j = max(o_j + 4, load_j + 1)`` and takes them
       ``C_ds - 1`` cycles later: ``t_j = s_j + C_ds - 1``; its output comes
       ``SCALE_LATENCY`` cycles after that and is written back;
     - the next list's last candidate is offered ``C_l`` candidates later, stalls included:
-      ``o_{j+1} = h_j + C_l`` (``L_m = 1``) or ``load_j + C_l - 1`` (``L_m = 2``);
+      ``o_{j+1} = h_j + C_l`` (``L_m = 1``) or ``load_j + C_l - (L_m - 1)``
+      (``L_m >= 2``);
       ``o_0 = C_l + ISSUE_DEPTH - 1``.
 
     FWD ends with the last issue (``o_last - ISSUE_DEPTH``); FWD_WAIT lasts until the last

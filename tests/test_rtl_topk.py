@@ -5,7 +5,9 @@ hypothesis example; an example is a batch of candidate lists streamed back to ba
 producer testbench with random ``i.valid`` stalls, drained by a consumer testbench with random
 ``o.ready`` backpressure.  Expected lists come only from the reference, inserting the
 candidates one by one into an empty list; every output entry and the number of ``sat`` pulses
-are compared.
+are compared.  Directed lists aim at the pipeline's forwarding (a candidate depending on the
+one or two before it, still in flight): repeated indices, sums to zero, eviction of the entry
+just hit, ties and saturation, back to back and under stalls.
 """
 
 from __future__ import annotations
@@ -108,6 +110,8 @@ class MergerBench:
         rng = random.Random(job.seed)
         grad, idx_max = self.config.formats.grad, (1 << self.config.idx_bits) - 1
         cycle = nsat = 0
+        # `last` of the candidates taken before: one still inside the merger may stall it
+        taken = [False] * (dut.latency - 1)
         for lst in job.lists:
             for j, (c_idx, c_val) in enumerate(lst):
                 last = j == len(lst) - 1
@@ -129,11 +133,13 @@ class MergerBench:
                     cycle += 1
                     if ready:
                         break
-                    # the only stall allowed: a `last` waits for an occupied output register
-                    assert last and o_valid and not o_ready, f"i.ready low at cycle {cycle}"
+                    # the only stall allowed: a `last` candidate taken in the previous
+                    # latency - 1 handshakes waits in the last stage for the output register
+                    assert any(taken) and o_valid and not o_ready, f"i.ready low at cycle {cycle}"
                 job.in_cycles.append(cycle)
+                taken = taken[1:] + [last]
         ctx.set(dut.i.valid, 0)
-        for _ in range(2):            # the pulse of the final candidate comes one cycle later
+        for _ in range(dut.latency):  # the pulse of the final candidate comes 2 cycles later
             _, _, sat = await ctx.tick().sample(dut.sat)
             nsat += sat
         job.nsat = nsat
@@ -244,6 +250,85 @@ def test_directed_corner_cases():
         check_job(config, job)
 
 
+def _forwarding_cases(lo, hi):
+    """Lists for the k=4 merger whose candidates depend on the one or two just before them,
+    still inside the pipeline (stage 2 sums against the list stage 3 is changing)."""
+    full = [(1, 40), (2, 30), (3, 20), (4, 10)]          # a full list, (4, 10) in cell k-1
+    return {
+        "repeated index back to back": [
+            [(5, 100), (5, 200), (5, -50), (5, 7)],
+            [(1, 10), (2, 20), (2, 30), (2, 40), (1, 5), (1, -15), (2, -1)],
+            [(3, 10), (4, 20), (3, 30), (4, -20), (3, 1), (4, 2)],   # every other candidate
+            [(1, 9), (2, 8), (1, -8), (2, 5), (1, 20)],   # the entry moves while hit again
+        ],
+        "zero sum then the same index": [
+            [(7, 50), (7, -50), (7, 9)],
+            [(7, 50), (7, -50), (7, 9), (7, -9), (7, -9)],
+            [(1, 100), (7, 50), (2, 60), (7, -50), (7, 3), (2, -60), (2, 1)],
+            [(1, 100), (2, 50), (3, 20), (1, -100), (3, 5), (2, 1)],  # the top entry leaves
+            [(7, lo), (7, hi), (7, 1), (7, -1)],            # lo + hi = -1, then 0
+        ],
+        "eviction of the entry just hit": [
+            full + [(9, 50), (4, 100)],                     # 4 was pushed out: 100 alone
+            full + [(4, 1), (9, 50), (4, 100)],             # hit, pushed out, hit again
+            full + [(4, 1), (9, 50), (8, 60), (4, 100)],    # the same, two candidates later
+            full + [(8, 6), (8, 6)],                        # not placed twice: never 12
+            full + [(8, 6), (2, 1), (8, 6)],
+            full + [(9, 50), (3, 1)],                       # 3 moves to cell k-1, not out
+            full + [(4, 25), (4, 1)],                       # re-placed, then hit again
+            full + [(4, 25), (3, 1), (4, 1)],               # 3 was pushed out by 4
+        ],
+        "ties in magnitude": [
+            [(5, 10), (3, -10), (7, 10), (1, 10), (2, -10)],
+            [(5, 4), (3, 10), (5, 6), (5, -20)],            # a sum ties, then flips sign
+            full + [(2, 10), (6, 10), (0, 10), (6, 10)],    # ties at the edge of the list
+            [(6, 7), (5, 7), (6, 0), (4, 7), (3, 7), (2, 7), (6, 7)],
+        ],
+        "saturation at both ends": [
+            [(1, hi), (1, 1)],
+            [(1, lo), (1, -1)],
+            [(1, lo + 1), (1, -1)],                         # exactly lo: no saturation
+            [(1, hi - 1), (1, 1), (1, 1), (1, -1)],
+            [(1, lo + 1), (1, -1), (1, -1), (1, 1)],
+            [(1, hi), (1, hi), (1, lo)],
+            [(1, lo), (1, lo), (1, hi)],
+            [(1, hi), (2, 5), (1, 10), (2, lo), (2, lo)],   # one candidate apart
+            [(2, lo), (1, hi), (1, hi), (2, 1), (1, -1)],   # |lo| sorts above hi
+        ],
+        "lists back to back": [
+            [(1, 5), (1, 6)], [(1, 7)], [(1, -7)], [(1, 3), (1, -3)], [(2, 1)],
+            full, [(4, 1)], full + [(9, 50)], [(4, 2), (4, 2)],
+        ],
+    }
+
+
+@pytest.mark.parametrize("case", ["repeated index back to back", "zero sum then the same index",
+                                  "eviction of the entry just hit", "ties in magnitude",
+                                  "saturation at both ends", "lists back to back"])
+def test_forwarding_corner_cases(case):
+    """Candidates that hit the entry the one or two before them are changing: a repeated
+    index, a sum of exactly zero followed by the same index, the entry in cell k-1 pushed out
+    just as the next candidate has its index, ties, saturation at +max and at min.  Each set
+    is sent as one batch back to back, then with idle cycles and backpressure, and also one
+    list at a time (each after a reset)."""
+    config = CONFIGS["k4"]
+    lo, hi = config.formats.grad.min_int, config.formats.grad.max_int
+    lists = _forwarding_cases(lo, hi)[case]
+    for p_stall, p_busy in ((0.0, 0.0), (0.5, 0.0), (0.0, 0.8), (0.3, 0.3)):
+        check_job(config, bench("k4").run(Job(lists=lists, seed=11, p_stall=p_stall, p_busy=p_busy)))
+    for lst in lists:
+        check_job(config, bench("k4").run(Job(lists=[lst])))
+
+
+def test_forwarding_k1():
+    """k = 1: cell k-1 is the only cell, every new larger entry evicts it."""
+    config = CONFIGS["k1"]
+    lists = [[(1, 5), (2, 9), (1, 3), (2, -9), (1, 3)], [(3, 2), (3, -2), (3, 1)],
+             [(1, 4), (2, 5), (1, 10), (1, -10)], [(2, 5), (1, 5), (0, 5), (1, 1)]]
+    for p_stall, p_busy in ((0.0, 0.0), (0.3, 0.5)):
+        check_job(config, bench("k1").run(Job(lists=lists, seed=5, p_stall=p_stall, p_busy=p_busy)))
+
+
 def test_bad_config_refused():
     with warnings.catch_warnings():
         # the half-built component would warn "created but never used" when collected
@@ -281,7 +366,7 @@ def test_throughput_cycles(capsys):
         span = job.in_cycles[-1] - job.in_cycles[0] + 1
         sustained = Fraction(len(job.in_cycles), span)
         assert per_list == {2 * k} and out_gaps == {2 * k}, (per_list, out_gaps)
-        assert latency == {1}, latency
+        assert latency == {merger.dut.latency}, latency
         assert sustained == 1, sustained
 
         # lists of every length from 1 to 3k, back to back: still one candidate per cycle
