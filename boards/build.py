@@ -54,7 +54,7 @@ from dpfm.config import Config, ConfigError
 from dpfm.files import write_json
 from dpfm.rtl import synth
 from dpfm.rtl.engine import Engine
-from dpfm.rtl.regmap import register_map
+from dpfm.rtl.regmap import Resp, register_map
 from dpfm.toolchain import component_verilog
 
 from .pynq_z2 import ENGINE_BASE, FCLK0_HZ, GP0_WINDOW, PS7_SETTINGS, PynqZ2Platform, vivado_part
@@ -62,7 +62,7 @@ from .tcl import TIMING_FILE, VivadoBuild, build_tcl, constraints_xdc
 from .wrapper import AXI_PREFIX, ENGINE_NAME, TOP_NAME, top_verilog
 
 __all__ = ["Board", "BOARDS", "BuildTree", "BuildFailed", "VivadoMissing", "write_tree",
-           "find_vivado", "run_vivado", "build_info", "load_build_info", "estimate_design",
+           "find_vivado", "run_vivado", "build_info", "load_build_info", "estimate_design", "board_engine",
            "main"]
 
 PROG = "dpfm.boards.build"
@@ -212,7 +212,7 @@ def write_tree(config: Config, out, *, board: str = "pynq-z2", command: str | No
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     build = vivado_build(spec, config)
-    engine = Engine(config)
+    engine = board_engine(config)
     top_text = top_verilog(engine, fclk_hz=spec.fclk0_hz, addr_width=register_map(config).addr_bits)
     engine_text = component_verilog(engine, name=ENGINE_NAME)
     tree = BuildTree(
@@ -328,6 +328,13 @@ def _vivado_error(log: Path) -> str:
 
 # -- resource estimate --------------------------------------------------------------------
 
+def board_engine(config: Config) -> Engine:
+    """The engine as the board builds it: refused accesses answer OKAY (an SLVERR to the Zynq
+    CPU is an external abort, SIGBUS, and kills the Python process) and are recorded in
+    FLAGS.bus_error and ERR_ADDR, which the host's Trainer reads after every step."""
+    return Engine(config, error_response=Resp.OKAY)
+
+
 def estimate_design(config: Config, workdir=None) -> dict:
     """Yosys ``synth_xilinx`` estimate of the programmable logic this build puts on the chip.
 
@@ -338,7 +345,7 @@ def estimate_design(config: Config, workdir=None) -> dict:
     utilisation against the XC7Z020 (:data:`dpfm.rtl.synth.DEVICE`).
     """
     workdir = Path(workdir) if workdir is not None else Path("build") / "synth" / "pynq-z2"
-    return synth.estimate(Engine(config), ENGINE_NAME, workdir)
+    return synth.estimate(board_engine(config), ENGINE_NAME, workdir)
 
 
 # -- command line -------------------------------------------------------------------------

@@ -291,12 +291,11 @@ def synth_row(config, cache_dir, *, run=True) -> dict | None:
     """
     import hashlib
 
-    from dpfm.boards.build import estimate_design
+    from dpfm.boards.build import board_engine, estimate_design
     from dpfm.boards.wrapper import ENGINE_NAME
     from dpfm.rtl import timing
-    from dpfm.rtl.engine import Engine
     from dpfm.toolchain import component_verilog
-    text = component_verilog(Engine(config), name=ENGINE_NAME)
+    text = component_verilog(board_engine(config), name=ENGINE_NAME)
     key = hashlib.sha256(text.encode()).hexdigest()[:20]
     cache = Path(cache_dir) / f"synth-{key}.json"
     net = "-".join(map(str, config.net))

@@ -22,7 +22,8 @@ from __future__ import annotations
 import numpy as np
 
 from dpfm.reference import MLP
-from dpfm.rtl.regmap import CTRL, FLAGS, ID_MAGIC, STATUS, STATUS_ERROR_SHIFT, UPDATE, Resp, StartError
+from dpfm.rtl.regmap import (CTRL, ERR_ADDR_WRITE, FLAGS, ID_MAGIC, STATUS, STATUS_ERROR_SHIFT, UPDATE,
+                             Resp, StartError)
 
 from .transport import BusError, Transport, sign_extend
 
@@ -77,6 +78,7 @@ class EmulatorTransport(Transport):
         self._status = 0
         self._busy_left = 0
         self._flags = 0
+        self._err_addr = 0
         self._loss = 0
         self._store = {w.name: np.zeros(w.length, dtype=np.int64) for w in self._windows}
         self._ro = {"ID": ID_MAGIC, "CONFIG_HASH": self.report_hash, "CYCLES": 0, "MUL_BUSY": 0,
@@ -109,21 +111,24 @@ class EmulatorTransport(Transport):
         try:
             return self._read(addr) & 0xFFFFFFFF
         except _Refused:
-            self._flags |= 1 << FLAGS["bus_error"]
+            self._record_refusal(addr, write=False)
             raise BusError(addr, Resp.SLVERR, write=False, name=self._name(addr)) from None
 
     def write(self, addr: int, value: int) -> None:
         try:
             self._write(addr, int(value) & 0xFFFFFFFF)
         except _Refused:
-            self._flags |= 1 << FLAGS["bus_error"]
+            self._record_refusal(addr, write=True)
             raise BusError(addr, Resp.SLVERR, write=True, name=self._name(addr)) from None
 
+    def _record_refusal(self, addr, *, write):
+        """FLAGS.bus_error, and ERR_ADDR when it is the first refusal since the last clear."""
+        if not self._flags >> FLAGS["bus_error"] & 1:
+            self._err_addr = (int(addr) & self._mask & ~3) | (ERR_ADDR_WRITE if write else 0)
+        self._flags |= 1 << FLAGS["bus_error"]
+
     def _name(self, addr):
-        target, index = self._locate(addr)
-        if target is None:
-            return "unmapped"
-        return target.name if index is None else f"{target.name}[{index}]"
+        return self.regmap.name_of(addr) if self._locate(addr)[0] is not None else "unmapped"
 
     def _read(self, addr):
         target, index = self._locate(addr)
@@ -142,6 +147,8 @@ class EmulatorTransport(Transport):
             return status
         if name == "FLAGS":
             return self._flags
+        if name == "ERR_ADDR":
+            return self._err_addr
         if name == "LOSS_LO":
             return self._loss & 0xFFFFFFFF
         if name == "LOSS_HI":

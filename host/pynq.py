@@ -8,9 +8,12 @@ This transport loads the overlay, finds the engine's AXI4-Lite window in ``overl
 handoff does not list it) and reads and writes words there with ``pynq.MMIO``.
 
 ``pynq`` is imported only when this transport is opened; it exists on the board's PYNQ image.
-An MMIO access gets no AXI response code back, so :attr:`reports_bus_errors` is False: a
-refused access shows up in the engine's sticky ``bus_error`` flag, which the trainer reads
-after every step.
+An MMIO access gets no AXI response code back, and an error response would not come back
+as one either: a Zynq CPU takes SLVERR/DECERR to a load or store as an external abort, and
+the process dies of SIGBUS.  So the board's engine (:func:`dpfm.boards.build.board_engine`)
+answers every access OKAY, and :attr:`reports_bus_errors` is False: a refused access shows up
+in the engine's sticky FLAGS.bus_error and in ERR_ADDR, which the trainer reads after every
+step and turns into a :class:`~dpfm.host.BusError` naming the access.
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ import numpy as np
 from dpfm.reference import MLP, History
 from dpfm.rtl.protocol import (CLEAR_FLAGS_WORD, EVAL_REGISTERS, RESULT_REGISTERS, loss_raw,
                                sample_words, setting_words, status_fields, word)
-from dpfm.rtl.regmap import ERRORS, FLAGS, ID_MAGIC, UPDATE, Resp
+from dpfm.rtl.regmap import ERR_ADDR_WRITE, ERRORS, FLAGS, ID_MAGIC, UPDATE
 
 from .transport import BusError, HardwareMismatch, TransportError, sign_extend
 
@@ -263,10 +263,14 @@ class Trainer:
         else:
             lo, hi, flags, cycles, mul, merge = t.read_many(self._result_addr)
         if flags:
+            bus_error = flags >> FLAGS["bus_error"] & 1
+            err = t.read(self._off["ERR_ADDR"]) if bus_error else 0
             t.write(self._off["CTRL"], CLEAR_FLAGS_WORD)
-            if flags >> FLAGS["bus_error"] & 1:
-                raise BusError(None, Resp.SLVERR, write=True, name="an access since the last step (the "
-                               "engine's sticky FLAGS.bus_error was set)")
+            if bus_error:
+                addr = err & ~ERR_ADDR_WRITE
+                raise BusError(addr, None, write=bool(err & ERR_ADDR_WRITE),
+                               name=f"{self.regmap.name_of(addr)}, the first refused since the "
+                                    f"last step")
         raw = loss_raw(lo, hi)
         loss = raw / float(1 << 2 * cfg.formats.value.frac) / (n * cfg.n_out)
         return StepResult(n, update, raw, loss, cycles, mul, merge, flags)

@@ -39,8 +39,10 @@ class BusError(TransportError):
     -------
     addr : int or None
         Byte offset of the access (None when only the engine's ``bus_error`` flag tells).
-    resp : int
-        AXI response code.
+    resp : int or None
+        AXI response code; None when the access was answered OKAY and refused all the same
+        (the board build, see :class:`dpfm.rtl.engine.Engine`), known from FLAGS.bus_error
+        and ERR_ADDR.
     write : bool
         True for a write.
     """
@@ -51,7 +53,9 @@ class BusError(TransportError):
             what = name or "an access"
         else:
             what = f"{'write to' if write else 'read of'} 0x{addr:05x}" + (f" ({name})" if name else "")
-        super().__init__(f"{what} answered {_resp_name(resp)}")
+        how = ("was refused (the engine's FLAGS.bus_error and ERR_ADDR)" if resp is None
+               else f"answered {_resp_name(resp)}")
+        super().__init__(f"{what} {how}")
 
 
 def sign_extend(word: int, bits: int) -> int:

@@ -8,7 +8,7 @@ becomes Verilog ports ``s_axil__awaddr`` etc. that cocotbext-axi's
 
 from __future__ import annotations
 
-from amaranth import Module, Signal
+from amaranth import Module, Mux, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
@@ -46,15 +46,16 @@ class RegisterPort(wiring.Signature):
     """One register access at a time, from the bus slave to the register file.
 
     Members: ``addr`` (word address), ``w_en`` + ``w_data`` (write strobe, one cycle),
-    ``r_en`` (read strobe, one cycle), and back: ``r_data`` and ``error`` valid in the cycle
-    after the strobe (``error`` makes the slave answer SLVERR; a refused write must change
-    nothing).
+    ``r_en`` (read strobe, one cycle), ``w_refused`` (one cycle, in place of ``w_en``: a write
+    the slave itself refused, e.g. a partial strobe), and back: ``r_data`` and ``error`` valid
+    in the cycle after the strobe (``error`` makes the slave refuse the access; a refused write
+    must change nothing).
     """
 
     def __init__(self, *, addr_width):
         super().__init__({
             "addr": Out(addr_width), "w_en": Out(1), "w_data": Out(32), "r_en": Out(1),
-            "r_data": In(32), "error": In(1),
+            "w_refused": Out(1), "r_data": In(32), "error": In(1),
         })
 
 
@@ -62,12 +63,25 @@ class AXI4LiteSlave(wiring.Component):
     """AXI4-Lite slave: one read or write at a time, answered from a :class:`RegisterPort`.
 
     Latency: a write answers on B three cycles after AW and W have both been accepted; a read
-    answers on R three cycles after AR.  Writes with partial ``wstrb`` are refused (SLVERR,
-    nothing written): every register is a whole 32-bit word.  Reads win when both arrive.
+    answers on R three cycles after AR.  Writes with partial ``wstrb`` are refused (nothing
+    written): every register is a whole 32-bit word.  Reads win when both arrive.
+
+    Parameters
+    ----------
+    addr_width : int
+        Byte address bits.
+    error_resp : Resp
+        The response to a refused access: ``Resp.SLVERR`` (default; simulation and any
+        master that handles it), or ``Resp.OKAY`` where an error response would be fatal to
+        the master (a Zynq CPU takes SLVERR/DECERR to a load or store as an external abort:
+        the process dies with SIGBUS), leaving the refusal to the register file's records.
     """
 
-    def __init__(self, *, addr_width):
+    def __init__(self, *, addr_width, error_resp=Resp.SLVERR):
+        if error_resp not in (Resp.SLVERR, Resp.OKAY):
+            raise ValueError(f"error_resp must be Resp.SLVERR or Resp.OKAY, not {error_resp!r}")
         self.addr_width = addr_width
+        self.error_resp = Resp(error_resp)
         super().__init__({
             "bus": In(AXI4LiteSignature(addr_width=addr_width)),
             "reg": Out(RegisterPort(addr_width=addr_width - 2)),
@@ -102,20 +116,20 @@ class AXI4LiteSlave(wiring.Component):
             with m.State("READ_RESP"):
                 with m.If(~bus.rvalid):
                     m.d.sync += [bus.rvalid.eq(1), bus.rdata.eq(reg.r_data),
-                                 bus.rresp.eq(reg.error.replicate(2) & Resp.SLVERR)]
+                                 bus.rresp.eq(Mux(reg.error, self.error_resp, Resp.OKAY))]
                 with m.If(bus.rvalid & bus.rready):
                     m.d.sync += bus.rvalid.eq(0)
                     m.next = "IDLE"
             with m.State("WRITE"):
                 full = wstrb == 0b1111
-                m.d.comb += [reg.w_en.eq(full), reg.w_data.eq(wdata)]
+                m.d.comb += [reg.w_en.eq(full), reg.w_refused.eq(~full), reg.w_data.eq(wdata)]
                 m.d.sync += [aw_ok.eq(0), w_ok.eq(0)]
                 m.next = "WRITE_RESP"
                 with m.If(~full):
-                    m.d.sync += [bus.bvalid.eq(1), bus.bresp.eq(Resp.SLVERR)]
+                    m.d.sync += [bus.bvalid.eq(1), bus.bresp.eq(self.error_resp)]
                     m.next = "WRITE_WAIT"
             with m.State("WRITE_RESP"):
-                m.d.sync += [bus.bvalid.eq(1), bus.bresp.eq(reg.error.replicate(2) & Resp.SLVERR)]
+                m.d.sync += [bus.bvalid.eq(1), bus.bresp.eq(Mux(reg.error, self.error_resp, Resp.OKAY))]
                 m.next = "WRITE_WAIT"
             with m.State("WRITE_WAIT"):
                 with m.If(bus.bvalid & bus.bready):

@@ -49,7 +49,8 @@ from .axi import AXI4LiteSignature, AXI4LiteSlave
 from .dual_scale import DualScale
 from .fixmath import round_shift, round_shift_var, saturate
 from .layouts import entry_layout, registers_layout
-from .regmap import ADDR_BITS, CTRL, FLAGS, ID_MAGIC, STATUS_ERROR_SHIFT, UPDATE, WINDOW_BITS, StartError, register_map
+from .regmap import (ADDR_BITS, CTRL, FLAGS, ID_MAGIC, STATUS_ERROR_SHIFT, UPDATE, WINDOW_BITS, Resp,
+                     StartError, register_map)
 from .topk import TopKMerger
 
 __all__ = ["Engine", "StickyFlags", "ISSUE_DEPTH", "AFIFO_LATENCY", "UPDATE_PIPE", "RECIP_BITS",
@@ -147,18 +148,28 @@ class Engine(wiring.Component):
     s_axil : ``In(AXI4LiteSignature(addr_width=18))``
         Host access; the register map is :func:`dpfm.rtl.regmap.register_map` (config).
 
+    Parameters
+    ----------
+    config : Config
+    error_response : Resp
+        The AXI response to a refused access (see :class:`~dpfm.rtl.axi.AXI4LiteSlave`):
+        ``Resp.SLVERR`` (default, simulation) or ``Resp.OKAY`` (the board build: a Zynq CPU
+        dies of SIGBUS on an error response).  Either way the refusal changes nothing, raises
+        FLAGS.bus_error and, if it is the first since FLAGS were cleared, lands in ERR_ADDR.
+
     Raises
     ------
     ConfigError
         Through :class:`Config`; TypeError when ``config`` is not a Config.
     """
 
-    def __init__(self, config: Config):
+    def __init__(self, config: Config, *, error_response=Resp.SLVERR):
         if not isinstance(config, Config):
             raise TypeError(f"Engine needs a dpfm.config.Config, not {config!r}")
         if config.policy != "stream":
             raise ValueError(f"the engine implements policy 'stream', not {config.policy!r}")
         self.config = config
+        self.error_response = Resp(error_response)
         self.regmap = register_map(config)
         super().__init__({"s_axil": In(AXI4LiteSignature(addr_width=ADDR_BITS))})
 
@@ -180,7 +191,7 @@ class Engine(wiring.Component):
         gshape = signed(fm.grad.bits)
 
         # ---------------------------------------------------------------- bus
-        m.submodules.axil = axil = AXI4LiteSlave(addr_width=ADDR_BITS)
+        m.submodules.axil = axil = AXI4LiteSlave(addr_width=ADDR_BITS, error_resp=self.error_response)
         connect(m, flipped(self.s_axil), axil.bus)
         reg = axil.reg
 
@@ -228,6 +239,7 @@ class Engine(wiring.Component):
         sgd_cq = setting("SGD_CQ")
         sgd_cs = setting("SGD_CS")
         loss = Signal(64)
+        err_addr = Signal(32)              # ERR_ADDR (see the register file below)
         start = Signal()
         clear_flags = Signal()
         set_flags = Signal(len(FLAGS))
@@ -659,7 +671,7 @@ class Engine(wiring.Component):
             "STATUS": Cat(busy, done, Const(0, STATUS_ERROR_SHIFT - 2), error),
             "FLAGS": flags, "CYCLES": cycles, "LOSS_LO": loss[:32], "LOSS_HI": loss[32:],
             "MUL_BUSY": mul_busy, "MERGE_BUSY": merge_busy, "K": Const(K, 32),
-            "N_PARAMS": Const(P, 32), "BATCH": Const(B, 32),
+            "N_PARAMS": Const(P, 32), "BATCH": Const(B, 32), "ERR_ADDR": err_addr,
         }
         regs_rw = {"BATCH_N": batch_n, "UPDATE": update, "LR_Q": lr_q, "SGD_CQ": sgd_cq, "SGD_CS": sgd_cs}
         rdata = Signal(32)
@@ -667,6 +679,13 @@ class Engine(wiring.Component):
         rrow = Signal(range(B + 1))
         rerr = Signal()
         werr = Signal()
+        # ERR_ADDR: the first refused access since FLAGS were cleared (a refusal in the
+        # clearing cycle is recorded, as its flag stays)
+        slave_refused = Signal()           # a partial-strobe write the slave refused itself
+        m.d.sync += slave_refused.eq(reg.w_refused)
+        refused = werr | rerr | slave_refused
+        with m.If(refused & (~flags[FLAGS["bus_error"]] | clear_flags)):
+            m.d.sync += err_addr.eq(Cat(Const(0, 2), waddr, Const(0, 31 - 2 - len(waddr)), ~rerr))
         with m.If(reg.r_en):
             m.d.sync += [rsel.eq(win), rdata.eq(0), rerr.eq(0)]
             with m.Switch(win):
@@ -715,7 +734,7 @@ class Engine(wiring.Component):
             m.d.sync += werr.eq(0)
         with m.If(~reg.r_en):
             m.d.sync += rerr.eq(0)
-        flag_terms.append((werr | rerr) << FLAGS["bus_error"])
+        flag_terms.append(refused << FLAGS["bus_error"])
         m.d.comb += set_flags.eq(_or_all(flag_terms))
         samples_data = Array([smem_rd[s].data for s in range(B)])[rrow]
         outputs_data = Array([vmem_rd[s].data for s in range(B)])[rrow]

@@ -18,7 +18,7 @@ from enum import IntEnum
 from dpfm.reference.mlp import NORM_BITS, SGD_CS_MAX, SGD_CS_MIN
 
 __all__ = ["Register", "Window", "RegisterMap", "register_map", "ID_MAGIC", "ADDR_BITS",
-           "WINDOW_BITS", "CTRL", "STATUS", "FLAGS", "UPDATE", "StartError", "ERRORS", "Resp"]
+           "WINDOW_BITS", "CTRL", "STATUS", "FLAGS", "ERR_ADDR_WRITE", "UPDATE", "StartError", "ERRORS", "Resp"]
 
 ID_MAGIC = 0x4450464D          # "DPFM"
 ADDR_BITS = 18                 # 256 KiB of address space
@@ -29,6 +29,8 @@ CTRL = {"start": 0, "clear_flags": 1}
 # STATUS bits
 STATUS = {"busy": 0, "done": 1}
 STATUS_ERROR_SHIFT = 8        # STATUS[15:8]: error code of the last refused start
+#: ERR_ADDR bit set when the refused access was a write.
+ERR_ADDR_WRITE = 1 << 31
 # sticky FLAGS bits (cleared by CTRL.clear_flags; a flag raised in the clearing cycle stays)
 FLAGS = {"sat_value": 0, "sat_grad": 1, "sat_delta": 2, "sat_weight": 3, "bus_error": 4}
 # UPDATE register values
@@ -117,6 +119,17 @@ class RegisterMap:
         ``window`` (0 is the register file)."""
         return window.base >> WINDOW_BITS
 
+    def name_of(self, addr: int) -> str:
+        """What byte address ``addr`` is: a register's name, ``WINDOW[index]``, or ``unmapped``."""
+        addr = int(addr) & (self.size - 1) & ~3
+        for r in self.registers:
+            if r.offset == addr:
+                return r.name
+        for w in self.windows:
+            if w.base <= addr < w.base + 4 * w.length:
+                return f"{w.name}[{(addr - w.base) // 4}]"
+        return "unmapped"
+
     def __getitem__(self, name):
         for r in self.registers + self.windows:
             if r.name == name:
@@ -175,6 +188,8 @@ def register_map(config) -> RegisterMap:
         Register("K", 0x03C, "ro", "registers per activation"),
         Register("N_PARAMS", 0x040, "ro", "parameters"),
         Register("BATCH", 0x044, "ro", "configured batch (sample lanes)"),
+        Register("ERR_ADDR", 0x048, "ro", "the first access refused since FLAGS were cleared "
+                 "(valid while FLAGS.bus_error): byte offset, bit 31 set for a write"),
     )
     n_in, n_out = config.net[0], config.net[-1]
     srow = 1 << (n_in + n_out - 1).bit_length()

@@ -31,14 +31,17 @@ class AmaranthTransport(Transport):
     ----------
     config : dpfm.config.Config
         The engine built and simulated.
+    engine : dpfm.rtl.engine.Engine, optional
+        The engine to simulate, when not ``Engine(config)`` (e.g. the board's build, whose
+        refused accesses answer OKAY).
     """
 
     name = "amaranth"
     counts_cycles = True
 
-    def __init__(self, config):
+    def __init__(self, config, engine=None):
         super().__init__(config)
-        self.engine = Engine(config)
+        self.engine = Engine(config) if engine is None else engine
         self._todo = deque()          # (op, addr, value) waiting for the bus master
         self._answers = deque()       # (data, resp) of finished transactions
         self._stop = False

@@ -19,7 +19,7 @@ from amaranth_engine import AmaranthTransport
 
 from dpfm.config import Config
 from dpfm.host import BusError, EmulatorTransport
-from dpfm.rtl.regmap import CTRL, FLAGS, Resp, register_map
+from dpfm.rtl.regmap import CTRL, ERR_ADDR_WRITE, FLAGS, Resp, register_map
 
 #: ``(name, byte offset, access, bits, signed, values a write may store, reset)`` of every
 #: register of ``Config()``, in map order (resets: BATCH_N = batch, UPDATE = maxnorm).  Access: ``ro`` read-only, ``rw`` read-write, ``wo``
@@ -45,6 +45,7 @@ REGISTERS = [
     ("K",           0x03C, "ro", 32, False, R32, 0),
     ("N_PARAMS",    0x040, "ro", 32, False, R32, 0),
     ("BATCH",       0x044, "ro", 32, False, R32, 0),
+    ("ERR_ADDR",    0x048, "ro", 32, False, R32, 0),
 ]
 
 #: ``(name, base, access, words, row_words)`` of every window of ``Config()`` (net 4-5-5-1:
@@ -94,6 +95,8 @@ def _check_read_only(t, name, addr):
     assert flags & BUS_ERROR, f"{name}: a refused write must raise FLAGS.bus_error"
     if name == "FLAGS":
         assert flags == before | BUS_ERROR, f"FLAGS took the written value: {flags:#x}"
+    elif name == "ERR_ADDR":            # it records the refused write itself, nothing else
+        assert t.read(addr) == addr | ERR_ADDR_WRITE, f"ERR_ADDR took {t.read(addr):#x}"
     else:
         assert t.read(addr) == before, f"{name} changed from {before:#x} to {t.read(addr):#x}"
 
