@@ -487,10 +487,8 @@ def _estimate_main(config, args, fail) -> int:
     print(synth.format_table([row]))
     extra = {}
     if args.timing:
-        from dpfm.rtl import timing
-        report = timing.analyze_file(res["netlist"])
-        print(timing.format_report(report, title=f"{args.board} engine k={config.k}"))
-        extra["timing"] = report.to_dict()
+        from dpfm.rtl.timing import print_estimate
+        extra["timing"] = print_estimate(res["netlist"], f"{args.board} engine k={config.k}")
     if args.json:
         write_json(args.json, make_dirs=True, obj={
             **{k: v for k, v in row.items() if k != "cells"}, "cells": res.get("cells"), **extra,

@@ -343,10 +343,9 @@ def main(argv=None) -> int:
         print(f"warning: {res['soft_mul']} multiplies are not on a DSP48E1", file=sys.stderr)
     extra = {}
     if args.timing:
-        from . import timing
-        report = timing.analyze_file(res["netlist"])
-        print(timing.format_report(report, title=f"{args.block} k={config.k} lanes={config.lanes}"))
-        extra["timing"] = report.to_dict()
+        from .timing import print_estimate
+        extra["timing"] = print_estimate(res["netlist"],
+                                         f"{args.block} k={config.k} lanes={config.lanes}")
     if args.json:
         write_json(args.json, make_dirs=True, obj={**row, **extra, "device": DEVICE,
                                                    "config": config.to_dict()})

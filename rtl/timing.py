@@ -44,7 +44,7 @@ from dpfm.files import write_json
 from .delay_model import XC7Z020_1, DelayModel
 
 __all__ = ["DelayModel", "XC7Z020_1", "TimingPath", "TimingReport", "CombinationalLoop",
-           "analyze", "analyze_file", "format_report", "main"]
+           "analyze", "analyze_file", "format_report", "print_estimate", "main"]
 
 
 @dataclass(frozen=True)
@@ -745,6 +745,14 @@ def analyze_file(path, **kwargs) -> TimingReport:
     """:func:`analyze` on a Yosys ``write_json`` file."""
     with open(path) as f:
         return analyze(json.load(f), **kwargs)
+
+
+def print_estimate(netlist_path, title: str) -> dict:
+    """Analyse a netlist file, print its report under ``title``; the report as a dict (for
+    the ``timing`` key of ``dpfm synth --timing`` and ``dpfm.boards.build --estimate``)."""
+    report = analyze_file(netlist_path)
+    print(format_report(report, title=title))
+    return report.to_dict()
 
 
 def format_report(report: TimingReport, title: str = "") -> str:
