@@ -28,7 +28,7 @@ import cocotb
 from cocotb.triggers import ClockCycles
 
 from dpfm.reference import MLP
-from dpfm.rtl.regmap import FLAGS, ID_MAGIC, STATUS, UPDATE, Resp, StartError
+from dpfm.rtl.regmap import ERR_ADDR_WRITE, FLAGS, ID_MAGIC, STATUS, UPDATE, Resp, StartError
 from dpfm.sim.engine_bench import (EngineTB, StreamMonitor, check_block_timing, compare_streams,
                                    cycle_pause, random_pause, timeline)
 from dpfm.sim.engine_expect import (FSM_ENV, config_from_env, expected_flags, expected_streams,
@@ -299,8 +299,14 @@ async def _check_refused_writes(tb):
         assert await tb.write(name, 0x5A5A5A5A) == SLVERR, f"write to read-only {name} accepted"
         flags = await tb.read_reg("FLAGS")
         assert flags == 1 << FLAGS["bus_error"], f"FLAGS {flags:#x} after refused write to {name}"
+        err_addr = await tb.read_reg("ERR_ADDR")
+        assert err_addr == rm[name].offset | ERR_ADDR_WRITE, f"ERR_ADDR {err_addr:#x} after {name}"
     after = {name: await tb.read_reg(name) for name in _read_only_names(tb)}
     after["FLAGS"] = before["FLAGS"]   # bus_error was raised on purpose
+    # ERR_ADDR holds the last write refused after a clear: the one to ERR_ADDR itself
+    last = _read_only_names(tb)[-1]
+    assert after["ERR_ADDR"] == rm[last].offset | ERR_ADDR_WRITE, f"ERR_ADDR {after['ERR_ADDR']:#x}"
+    after["ERR_ADDR"] = before["ERR_ADDR"]
     assert after == before, f"read-only registers changed: {before} -> {after}"
     mapped = {r.offset for r in rm.registers}
     unmapped = [a for a in range(0, 0x100, 4) if a not in mapped] + [0x1000, 0xFFFC]
