@@ -14,7 +14,8 @@ import numpy as np
 
 from .activations import act_fixed, act_float, check_activation
 from .fixed import FixedFormat, Formats, round_shift
-from .kernels import EXACT, STREAM, accumulate_delta, merge_layer
+from .kernels import (EXACT, STREAM, accumulate_delta, float_update, merge_layer,
+                      merge_sampled_float, merge_scale_float)
 from .ops import scale_registers
 
 __all__ = ["MLP", "Forward", "LayerTrace", "StepTrace", "History", "POLICIES", "UPDATES",
@@ -229,8 +230,14 @@ class MLP:
             raise ValueError(f"X must have shape (N, {self.sizes[0]}), not {X.shape}")
         return X
 
-    def _forward_raw(self, Xr, params, k, fmt, policy, grads=True):
-        """Forward on raw numbers (float64, or int64 in ``fmt``). Returns list of LayerTrace."""
+    def _forward_raw(self, Xr, params, k, fmt, policy, grads=True, layer_k=None, uniforms=None):
+        """Forward on raw numbers (float64, or int64 in ``fmt``). Returns list of LayerTrace.
+
+        ``layer_k`` (one int per layer) replaces ``k`` layer by layer; ``uniforms`` (one
+        (N, n_out) array of uniforms in [0, 1) per layer, float only) samples the registers
+        (estimator ``randk``, :func:`~dpfm.reference.kernels.merge_sampled_float`) instead of
+        keeping the top k.
+        """
         pol = POLICIES[policy] if isinstance(policy, str) else policy
         N = Xr.shape[0]
         a = Xr
@@ -250,11 +257,13 @@ class MLP:
                 a_new, d = act_fixed(name, z, fmt.value, fmt.deriv)
             mi = mv = gi_new = gv_new = None
             if grads:
-                R = min(k, self.offsets[l] + self.sizes[l] + 1)
-                if fmt is None:
-                    mi, mv, c = merge_layer(a, gi, gv, W, self.offsets[l], R, pol, 0, 0, 1.0,
-                                            -np.inf, np.inf)
-                    gv_new = mv * d[..., None]
+                R = min(k if layer_k is None else layer_k[l], self.offsets[l] + self.sizes[l] + 1)
+                if fmt is None and uniforms is not None:
+                    mi, mv, gi_new, gv_new = merge_sampled_float(a, gi, gv, W, self.offsets[l], R,
+                                                                 uniforms[l], d)
+                elif fmt is None:
+                    mi, mv, gi_new, gv_new = merge_scale_float(a, gi, gv, W, self.offsets[l], R,
+                                                               pol, d)
                 else:
                     g = fmt.grad
                     mi, mv, c = merge_layer(a, gi, gv, W, self.offsets[l], R, pol, fmt.weight.frac,
@@ -263,8 +272,6 @@ class MLP:
                     sats["grad"] += int(c)
                     gi_new, gv_new, c = scale_registers(mi, mv, d, fmt.deriv, g)
                     sats["grad"] += c
-                if fmt is None:
-                    gi_new = np.where(gv_new != 0, mi, -1)
                 gv, gi = gv_new, gi_new
             traces.append(LayerTrace(z, a_new, d, mi, mv, gi_new, gv_new))
             a = a_new
@@ -342,12 +349,8 @@ class MLP:
         N, n_out = yr.shape
         if fmt is None:
             err = last.a - yr
-            D = accumulate_delta(last.grad_idx, last.grad_val, err, self.n_params) * (2.0 / (N * n_out))
-            if update == "sgd":
-                upd = lr * D
-            else:
-                m = np.max(np.abs(D))
-                upd = lr * D / m if m > 0 else np.zeros_like(D)
+            D, upd = float_update(last.grad_idx, last.grad_val, err, self.n_params,
+                                  2.0 / (N * n_out), float(lr), update == "maxnorm")
             new = params - upd
             loss = float(np.mean(err ** 2))
         else:
