@@ -30,7 +30,7 @@ except ImportError:
         return lambda implementation: implementation
 
 __all__ = ["rnd", "topk_insert", "merge_layer", "accumulate_delta", "merge_scale_float",
-           "merge_sampled_float", "float_update", "inclusion_probabilities", "sigmoid_parts"]
+           "merge_sampled_float", "float_update", "merge_scale_fixed", "inclusion_probabilities", "sigmoid_parts"]
 
 EXACT, STREAM = 0, 1
 
@@ -260,16 +260,36 @@ INSERTION_MAX = 24
 
 @njit(cache=True)
 def _sort_candidates(cand_idx, cand_val, nc, order, spare):
-    """Positions ``0..nc-1`` of the candidates in register order (bottom-up merge sort into
-    the scratch arrays ``order``/``spare``); returns the array holding the result."""
+    """Positions ``0..nc-1`` of the candidates in register order, by a natural merge sort
+    into the scratch arrays ``order``/``spare``; returns the array holding the result.
+
+    The runs already in order are found first and then merged pairwise: the candidates of a
+    layer come in runs (each input's registers, sorted, scaled by one weight), so far fewer
+    passes are needed than ``log2(nc)``.  The order is total (indices are distinct), so the
+    result is the one sorted order whatever the runs.
+    """
+    if nc == 0:
+        return order
+    bounds = np.empty(nc + 1, dtype=np.int64)
+    merged = np.empty(nc + 1, dtype=np.int64)
     for t in range(nc):
         order[t] = t
+    nb = 1
+    bounds[0] = 0
+    for t in range(1, nc):
+        if _ahead(cand_val[t], cand_idx[t], cand_val[t - 1], cand_idx[t - 1]):
+            bounds[nb] = t
+            nb += 1
+    bounds[nb] = nc
     src, dst = order, spare
-    width = 1
-    while width < nc:
-        for start in range(0, nc, 2 * width):
-            mid = min(start + width, nc)
-            end = min(start + 2 * width, nc)
+    while nb > 1:
+        nm = 0
+        for r in range(0, nb, 2):
+            start = bounds[r]
+            mid = bounds[r + 1]
+            end = bounds[r + 2] if r + 2 <= nb else mid
+            merged[nm] = start
+            nm += 1
             x, y, o = start, mid, start
             while x < mid and y < end:
                 if _ahead(cand_val[src[y]], cand_idx[src[y]], cand_val[src[x]], cand_idx[src[x]]):
@@ -287,8 +307,11 @@ def _sort_candidates(cand_idx, cand_val, nc, order, spare):
                 dst[o] = src[y]
                 y += 1
                 o += 1
+        merged[nm] = nc
+        for r in range(nm + 1):
+            bounds[r] = merged[r]
+        nb = nm
         src, dst = dst, src
-        width *= 2
     return src
 
 
@@ -316,9 +339,9 @@ def _select_top(cand_idx, cand_val, nc, k, L_idx, L_val, order, spare):
     """The ``k`` first candidates in register order into ``L_idx``/``L_val`` (which hold
     ``-1``/``0`` on entry); returns how many were written.
 
-    Few candidates or registers: insertion.  All candidates kept: a merge sort.  Otherwise a
-    heap of the ``k`` best so far (the worst at its root), which rejects most candidates with
-    one comparison, then sorted.  All three give the one order (|v| descending, the lower
+    Few candidates or registers: insertion.  At least an eighth of the candidates kept: a
+    natural merge sort.  Otherwise a heap of the ``k`` best so far (the worst at its root),
+    which rejects most candidates with one comparison, then sorted.  All three give the one order (|v| descending, the lower
     index first; indices are distinct).
     """
     if nc <= INSERTION_MAX or k <= INSERTION_MAX:
@@ -338,12 +361,13 @@ def _select_top(cand_idx, cand_val, nc, k, L_idx, L_val, order, spare):
             if n < k:
                 n += 1
         return n
-    if k >= nc:
+    if 8 * k >= nc:
         srt = _sort_candidates(cand_idx, cand_val, nc, order, spare)
-        for t in range(nc):
+        n = min(k, nc)
+        for t in range(n):
             L_idx[t] = cand_idx[srt[t]]
             L_val[t] = cand_val[srt[t]]
-        return nc
+        return n
     heap = order
     for t in range(k):
         heap[t] = t
@@ -409,6 +433,32 @@ def merge_scale_float(a_in, g_idx, g_val, W, off, k, policy, d):
     mi, mv, _ = merge_layer(a_in, g_idx, g_val, W, off, k, policy, 0, 0, 1.0, -np.inf, np.inf)
     gi, gv = _scale_float(mi, mv, d)
     return mi, mv, gi, gv
+
+
+@njit(cache=True)
+def merge_scale_fixed(a_in, g_idx, g_val, W, off, k, policy, fw, new_shift, one_g, lo, hi, d,
+                      fd):
+    """Fixed-point :func:`merge_layer` followed by the activation's derivative ``d`` (N, n_out)
+    with ``fd`` fractional bits: every register becomes ``sat(rnd(g * d, fd))``, a zero
+    emptying its slot (index -1), as :func:`dpfm.reference.ops.scale_registers`.
+
+    Returns ``(merged_idx, merged_val, grad_idx, grad_val, saturations)`` (both steps'
+    saturations together).
+    """
+    mi, mv, nsat = merge_layer(a_in, g_idx, g_val, W, off, k, policy, fw, new_shift, one_g,
+                               lo, hi)
+    N, n_out, R = mv.shape
+    gi = np.empty_like(mi)
+    gv = np.empty_like(mv)
+    for s in range(N):
+        for j in range(n_out):
+            dj = d[s, j]
+            for r in range(R):
+                v, c = _sat(rnd(mv[s, j, r] * dj, fd), lo, hi)
+                nsat += c
+                gv[s, j, r] = v
+                gi[s, j, r] = mi[s, j, r] if v != 0 else -1
+    return mi, mv, gi, gv, nsat
 
 
 @njit(cache=True)

@@ -16,9 +16,8 @@ from .activations import act_fixed, act_float, check_activation
 from .estimators import (DEFAULT_ESTIMATOR, ESTIMATOR_STREAM, check_estimator, combine_tangents,
                          resolve_layer_k, tangent_forward)
 from .fixed import FixedFormat, Formats, round_shift
-from .kernels import (EXACT, STREAM, accumulate_delta, float_update, merge_layer,
-                      merge_sampled_float, merge_scale_float)
-from .ops import scale_registers
+from .kernels import (EXACT, STREAM, accumulate_delta, float_update, merge_sampled_float,
+                      merge_scale_fixed, merge_scale_float)
 
 __all__ = ["MLP", "Forward", "LayerTrace", "StepTrace", "History", "POLICIES", "UPDATES",
            "param_layout", "resolve_k", "as_formats", "weights_sha256"]
@@ -271,12 +270,10 @@ class MLP:
                                                                pol, d)
                 else:
                     g = fmt.grad
-                    mi, mv, c = merge_layer(a, gi, gv, W, self.offsets[l], R, pol, fmt.weight.frac,
-                                            fmt.value.frac - g.frac, g.one,
-                                            g.min_int, g.max_int)
+                    mi, mv, gi_new, gv_new, c = merge_scale_fixed(
+                        a, gi, gv, W, self.offsets[l], R, pol, fmt.weight.frac,
+                        fmt.value.frac - g.frac, g.one, g.min_int, g.max_int, d, fmt.deriv.frac)
                     sats["grad"] += int(c)
-                    gi_new, gv_new, c = scale_registers(mi, mv, d, fmt.deriv, g)
-                    sats["grad"] += c
                 gv, gi = gv_new, gi_new
             traces.append(LayerTrace(z, a_new, d, mi, mv, gi_new, gv_new))
             a = a_new

@@ -264,3 +264,37 @@ def test_train_records_the_estimator_and_its_multiplies(tmp_path, capsys):
     assert cli.main(["train", "--k", "16", "--epochs", "2", "--json", str(path)]) == 0
     r = json.loads(path.read_text())
     assert r["estimator"] == "topk" and r["layer_k"] is None
+
+
+# -- the exact merge's selection paths (insertion, heap, natural merge sort) ----------------
+
+@pytest.mark.parametrize("k", [3, 24, 25, 40, 130, 400, 2000])
+def test_exact_merge_of_long_lists_keeps_the_top_k_in_order(k):
+    """Lists long enough for every selection path of ``merge_layer`` (policy exact), with
+    ties in magnitude, against a plain sort of the candidates by (|v| desc, index asc)."""
+    from dpfm.reference.kernels import EXACT, merge_layer
+
+    rng = np.random.default_rng(k)
+    N, n_in, n_out, K_in, off = 2, 12, 3, 40, 300
+    a = rng.choice([0.0, 0.5, 1.0, -0.25], size=(N, n_in))
+    g_idx = np.stack([np.stack([rng.choice(off, K_in, replace=False) for _ in range(n_in)])
+                      for _ in range(N)]).astype(np.int64)
+    g_val = rng.choice([-2.0, -1.0, 0.5, 1.0, 3.0], size=(N, n_in, K_in))   # many ties
+    W = rng.choice([-1.0, 0.5, 2.0], size=(n_out, n_in))
+    out_idx, out_val, _ = merge_layer(a, g_idx, g_val, W, off, k, EXACT, 0, 0, 1.0,
+                                      -np.inf, np.inf)
+    for s in range(N):
+        for j in range(n_out):
+            cand = {}
+            for i in range(n_in):
+                for r in range(K_in):
+                    cand[g_idx[s, i, r]] = cand.get(g_idx[s, i, r], 0.0) + W[j, i] * g_val[s, i, r]
+            for i in range(n_in):
+                cand[off + j * n_in + i] = a[s, i]
+            cand[off + n_out * n_in + j] = 1.0
+            want = sorted(((p, v) for p, v in cand.items() if v != 0),
+                          key=lambda e: (-abs(e[1]), e[0]))[:k]
+            n = len(want)
+            assert out_idx[s, j, :n].tolist() == [p for p, _ in want]
+            assert out_val[s, j, :n].tolist() == [v for _, v in want]
+            assert np.all(out_idx[s, j, n:] == -1)
