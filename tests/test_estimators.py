@@ -298,3 +298,28 @@ def test_exact_merge_of_long_lists_keeps_the_top_k_in_order(k):
             assert out_idx[s, j, :n].tolist() == [p for p, _ in want]
             assert out_val[s, j, :n].tolist() == [v for _, v in want]
             assert np.all(out_idx[s, j, n:] == -1)
+
+
+@pytest.mark.parametrize("policy", [0, 1])
+def test_fixed_point_layer_kernel_is_merge_then_scale(policy):
+    """``merge_scale_fixed`` (one call per layer) equals ``merge_layer`` followed by
+    ``ops.scale_registers``, saturations included, in formats narrow enough to clamp."""
+    from dpfm.reference import FixedFormat
+    from dpfm.reference.kernels import merge_layer, merge_scale_fixed
+    from dpfm.reference.ops import scale_registers
+
+    rng = np.random.default_rng(policy)
+    g, dfmt = FixedFormat(8, 4), FixedFormat(10, 6)
+    N, n_in, n_out, K_in, off = 3, 5, 4, 6, 40
+    a = rng.integers(-200, 200, (N, n_in))
+    g_idx = rng.integers(0, off, (N, n_in, K_in))
+    g_val = rng.integers(g.min_int, g.max_int + 1, (N, n_in, K_in))
+    W = rng.integers(-90, 90, (n_out, n_in))
+    d = rng.integers(-dfmt.max_int, dfmt.max_int, (N, n_out))
+    args = (a, g_idx, g_val, W, off, 5, policy, 4, 2, g.one, g.min_int, g.max_int)
+    mi, mv, c1 = merge_layer(*args)
+    gi, gv, c2 = scale_registers(mi, mv, d, dfmt, g)
+    fi, fv, fgi, fgv, c = merge_scale_fixed(*args, d, dfmt.frac)
+    for x, y in ((fi, mi), (fv, mv), (fgi, gi), (fgv, gv)):
+        np.testing.assert_array_equal(x, y)
+    assert c == c1 + c2 and c2 > 0
