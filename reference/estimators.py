@@ -242,9 +242,9 @@ def tangent_forward(net, X, params, V):
         VW = V[net.offsets[l]:net.offsets[l] + n_out * n_in].reshape(n_out, n_in, -1)
         Vb = V[net.offsets[l] + n_out * n_in:net.offsets[l] + n_out * (n_in + 1)]
         z = a @ W.T + b
-        zdot = np.einsum("si,jit->sjt", a, VW) + Vb[None]
+        zdot = np.tensordot(a, VW, axes=([1], [1])) + Vb[None]      # (N, n_out, k)
         if adot is not None:
-            zdot += np.einsum("sit,ji->sjt", adot, W)
+            zdot += np.matmul(W, adot)                               # W (n_out, n_in) per sample
         a, d = act_float(net.activations[l], z)
         adot = zdot * d[..., None]
         layers.append((z, a, d))
@@ -256,10 +256,15 @@ def combine_tangents(estimator, V, c):
 
     ``forward-gradient``: ``V c / k``.  ``multi-tangent``: the minimum-norm solution of
     ``V^T g = c``, i.e. ``V (V^T V)^+ c``, the orthogonal projection of ``grad L`` onto the
-    span of the tangents (``grad L`` itself when the tangents span every parameter).
+    span of the tangents (``grad L`` itself when the tangents span every parameter).  With
+    at most half as many tangents as parameters the Gram matrix ``V^T V`` of Gaussian
+    tangents is well conditioned and solved directly; above, ``numpy.linalg.lstsq`` (SVD).
     """
     if estimator == "forward-gradient":
         return V @ c / V.shape[1]
     if estimator == "multi-tangent":
+        P, k = V.shape
+        if 2 * k <= P:
+            return V @ np.linalg.solve(V.T @ V, c)
         return np.linalg.lstsq(V.T, c, rcond=None)[0]
     raise ValueError(f"estimator {estimator!r} does not use tangents")
