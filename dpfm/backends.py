@@ -41,6 +41,7 @@ from dpfm.config import Config
 from dpfm.host.checkpoint import load_checkpoint, save_checkpoint, state_to_dict
 from dpfm.host.trainer import Trainer
 from dpfm.reference import MLP, FixedFormat, Formats, resolve_k
+from dpfm.reference.estimators import check_estimator
 from dpfm.reference.mlp import param_layout
 from dpfm.tasks import Task
 
@@ -102,6 +103,8 @@ class ReferenceBackend:
             if spec.get(key) is not None:
                 raise ValueError(f"--{key} needs a hardware backend (verilator or pynq), "
                                  f"not {spec['backend']!r}")
+        if self.fixed:
+            check_estimator(spec["estimator"], fixed=True)
         if not self.fixed and spec["fixed"] is not None:
             raise ValueError(f"fixed={spec['fixed']!r} (--fixed) applies only to the fixed backend, "
                              f"not to {spec['backend']!r}")
@@ -114,7 +117,8 @@ class ReferenceBackend:
         X = np.full((2, 2), 0.5)
         net = MLP([2, 2, 1], ["sigmoid", "linear"], seed=0)
         net.fit(X, X[:, :1], k=2, epochs=1, batch=1, lr=0.01, update=spec["update"],
-                validation=(X, X[:, :1]), fmt=fmt, policy=spec["policy"])
+                validation=(X, X[:, :1]), fmt=fmt, policy=spec["policy"],
+                estimator=spec.get("estimator", "topk"))
 
     def train(self, task: Task, spec: dict, progress=None) -> Trained:
         fmt = self.formats(spec)
@@ -123,7 +127,8 @@ class ReferenceBackend:
             hist = net.fit(task.X_train, task.y_train, k=spec["k"], epochs=spec["epochs"],
                            batch=spec["batch"], lr=spec["lr"], update=spec["update"],
                            validation=(task.X_val, task.y_val), fmt=fmt, policy=spec["policy"],
-                           seed=spec["seed"], progress=progress, classify=task.classify)
+                           seed=spec["seed"], progress=progress, classify=task.classify,
+                           estimator=spec["estimator"], layer_k=spec["layer_k"])
         return Trained(net.params.copy(), list(hist.train_loss), list(hist.val_loss),
                        list(hist.val_accuracy), hist.steps, dict(hist.saturations),
                        None if fmt is None else fmt.to_dict())
@@ -192,6 +197,7 @@ class HostBackend:
 
     def check(self, spec) -> None:
         """Validate what this backend needs before anything runs (ValueError, naming it)."""
+        check_estimator(spec.get("estimator", "topk"), fixed=True)
         if spec["policy"] != "stream":
             raise ValueError(f"policy={spec['policy']!r} (--policy): the engine prunes in the "
                              f"'stream' order only; use --backend numpy or fixed for "

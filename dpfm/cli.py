@@ -6,7 +6,8 @@
                [--k 16|full] [--epochs N] [--batch 10] [--lr LR] [--update maxnorm|sgd]
                [--seed 0] [--corpus N] [--net 4,5,5,1] [--act sigmoid,sigmoid,linear]
                [--fixed BITS.FRAC] [--policy exact|stream] [--json run.json] [--plot run.png]
-               [--save CKPT] [--resume CKPT] [--quiet]
+               [--estimator topk|topk-per-layer|randk|forward-gradient|multi-tangent]
+               [--layer-k K,K,...] [--save CKPT] [--resume CKPT] [--quiet]
     dpfm sweep ... --k 2,4,8,16,32,64,full --corpus 50,100,200,400
                [--jobs N | --scheduler tcp://HOST:8786]
     dpfm synth ...      (dpfm.rtl.synth)
@@ -31,6 +32,7 @@ from dpfm.backends import BACKEND_HELP, BACKENDS
 from dpfm.config import ConfigError
 from dpfm.files import check_output_path, write_json
 from dpfm.reference import POLICIES, UPDATES
+from dpfm.reference.estimators import ESTIMATORS
 from dpfm.spec import parse_k, prepare
 from dpfm.sweep import SchedulerError, run_many, sweep_configs
 from dpfm.tasks import TASK_HELP, TASKS
@@ -118,6 +120,12 @@ def _add_run_arguments(p, sweep: bool):
                    help="pruning order: exact (the definition) or stream (the hardware's); "
                         "default exact for numpy, stream for the others; verilator and pynq "
                         "run stream only")
+    p.add_argument("--estimator", default="topk", metavar="NAME",
+                   help="gradient estimator, numpy backend (default topk): "
+                        + "; ".join(f"{e.name}: {e.summary}" for e in ESTIMATORS.values()))
+    p.add_argument("--layer-k", metavar="K,K,...",
+                   help="topk-per-layer: one k per layer (default: the same share of each "
+                        "layer's parameters at the multiplies of topk)")
     if not sweep:
         p.add_argument("--save", metavar="CKPT",
                        help="hardware backends: write a checkpoint after every epoch (atomically)")
@@ -166,7 +174,8 @@ def _base_config(args) -> dict:
         "task": args.task if args.task is not None else ("sum4" if args.data is None else None),
         "data": args.data, "net": args.net, "activations": args.act, "epochs": args.epochs,
         "batch": args.batch, "lr": args.lr, "update": args.update, "policy": args.policy,
-        "seed": args.seed, "fixed": args.fixed,
+        "seed": args.seed, "fixed": args.fixed, "estimator": args.estimator,
+        "layer_k": args.layer_k,
     }
 
 
@@ -202,12 +211,14 @@ def _fmt(x, spec=".4g"):
 
 def _summary(r) -> str:
     what = r["task"] if r["task"] != "data" else r["data"]
-    line = (f"{what} {r['backend']} k={r['k']} {r['update']} lr={r['lr']:g}: "
+    est = "" if r["estimator"] == "topk" else f" {r['estimator']}"
+    line = (f"{what} {r['backend']}{est} k={r['k']} {r['update']} lr={r['lr']:g}: "
             f"final train {_fmt(r['final_train_loss'])} val {_fmt(r['final_val_loss'])}, "
             f"min val {_fmt(r['min_val_loss'])} @ epoch {r['min_val_epoch']}")
     if "accuracy" in r:
         line += f", accuracy {_fmt(r['accuracy'], '.4f')}"
-    line += (f"; {r['steps']} steps in {r['train_s']:.2f} s "
+    line += (f"; {r['multiplies_per_step']} multiplies/step"
+             f"; {r['steps']} steps in {r['train_s']:.2f} s "
              f"({_fmt(r['us_per_step'], '.0f')} us/step)")
     if r.get("setup_s"):
         transport = r.get("transport") or {}
@@ -320,6 +331,7 @@ def cmd_sweep(args) -> int:
                   "k": ks, "corpus": [s["corpus"] for s in specs[::len(ks)]],
                   "epochs": s0["epochs"], "batch": s0["batch"], "lr": s0["lr"],
                   "update": s0["update"], "policy": s0["policy"], "seed": s0["seed"],
+                  "estimator": s0["estimator"], "layer_k": s0["layer_k"],
                   "net": s0["net"], "activations": s0["activations"], "fixed": s0["fixed"]},
         "executor": executor, "jobs": jobs, "wall_s": wall, "runs": results,
     }

@@ -11,7 +11,9 @@ initialisation and batch order all come from ``seed``), so the same config gives
 result in any process.  The config's keys are those of :mod:`dpfm.spec`; the backends are
 :mod:`dpfm.backends`.
 
-The result holds the resolved config plus ``final_train_loss, final_val_loss, min_val_loss,
+The result holds the resolved config plus ``multiplies_per_step`` (and ``multiplies``: its
+``forward`` and ``combine`` parts, see :func:`dpfm.reference.estimators.multiplies`),
+``layer_k`` (the k per layer of ``topk-per-layer``), ``final_train_loss, final_val_loss, min_val_loss,
 history, weights_sha256, saturations, wall_s, setup_s, train_s, steps, us_per_step``
 (``accuracy`` for classification tasks, ``poly_rows`` for ``poly`` on its default net).
 ``wall_s`` times the backend's ``train`` call; ``setup_s`` is the part of it spent before
@@ -28,6 +30,7 @@ import numpy as np
 
 from dpfm import __version__
 from dpfm.reference import param_layout, weights_sha256
+from dpfm.reference.estimators import multiplies, resolve_layer_k
 from dpfm.reference.scalar import POLY_TRUE
 from dpfm.spec import Prepared, prepare
 
@@ -57,6 +60,8 @@ def execute(prep: Prepared, progress=None) -> dict:
     tr = prep.backend.train(task, spec, progress)
     wall = time.perf_counter() - t0
     n_params = param_layout(spec["net"])[1]
+    k_lanes = n_params if spec["k"] == "full" else spec["k"]
+    cost = multiplies(spec["net"], spec["estimator"], k_lanes, spec["batch"], spec["layer_k"])
     val = [_num(v) for v in tr.val_loss]
     finite_val = [(v, e) for e, v in enumerate(val, 1) if v is not None]
     finite_train = [(v, e) for e, v in enumerate(tr.train_loss, 1) if _num(v) is not None]
@@ -75,6 +80,10 @@ def execute(prep: Prepared, progress=None) -> dict:
         "registers": n_params if spec["k"] == "full" else min(spec["k"], n_params),
         "epochs": spec["epochs"], "batch": spec["batch"], "lr": spec["lr"],
         "update": spec["update"], "policy": spec["policy"], "seed": spec["seed"],
+        "estimator": spec["estimator"],
+        "layer_k": (resolve_layer_k(spec["net"], k_lanes, spec["layer_k"])
+                    if spec["estimator"] == "topk-per-layer" else None),
+        "multiplies_per_step": cost["total"], "multiplies": cost,
         "fixed": tr.formats,
         "final_train_loss": _num(tr.train_loss[-1]) if tr.train_loss else None,
         "final_val_loss": val[-1] if val else None,

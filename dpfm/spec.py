@@ -18,7 +18,11 @@ batch          ``10``
 lr             ``None``     task default (per update rule)
 update         ``None``     ``"maxnorm"`` or ``"sgd"``; task default
 policy         ``None``     pruning order: exact for numpy, stream (the hardware's) otherwise
-seed           ``0``        data, initialisation and batch order
+seed           ``0``        data, initialisation, batch order and the estimator's draws
+estimator      ``"topk"``   a :data:`dpfm.reference.estimators.ESTIMATORS` name; numpy only
+                            apart from ``topk``
+layer_k        ``None``     ``topk-per-layer``: one k per layer, e.g. ``[2, 8, 32]``
+                            or ``"2,8,32"`` (default: the equal-cost rule)
 fixed          ``None``     ``"BITS.FRAC"``: one format for the fixed-point backends
 save, resume   ``None``     checkpoint paths (host backends)
 =============  ===========  ==========================================================
@@ -35,6 +39,7 @@ import numpy as np
 from dpfm.backends import get_backend
 from dpfm.reference import POLICIES, UPDATES
 from dpfm.reference.activations import check_activation
+from dpfm.reference.estimators import DEFAULT_ESTIMATOR, check_estimator
 from dpfm.tasks import Task, load_npz, load_task
 
 __all__ = ["DEFAULT_CONFIG", "Prepared", "prepare", "parse_k"]
@@ -43,6 +48,7 @@ DEFAULT_CONFIG = {
     "backend": "numpy", "task": "sum4", "data": None, "corpus": None, "net": None,
     "activations": None, "k": 16, "epochs": None, "batch": 10, "lr": None, "update": None,
     "policy": None, "seed": 0, "fixed": None, "save": None, "resume": None,
+    "estimator": DEFAULT_ESTIMATOR, "layer_k": None,
 }
 
 
@@ -180,6 +186,14 @@ def prepare(config, backend=None) -> Prepared:
         spec["update"] = task.update
     if spec["update"] not in UPDATES:
         raise ValueError(f"unknown update {spec['update']!r}; known: {', '.join(UPDATES)}")
+    if spec["estimator"] is None:
+        spec["estimator"] = DEFAULT_ESTIMATOR
+    if spec["layer_k"] is not None:
+        spec["layer_k"] = _int_list(spec["layer_k"], "layer_k (--layer-k)")
+    check_estimator(spec["estimator"], spec["layer_k"], len(spec["net"]) - 1)
+    if spec["estimator"] not in ("topk", "topk-per-layer") and spec["policy"] not in (None, "exact"):
+        raise ValueError(f"policy={spec['policy']!r} (--policy) applies to the top-k estimators; "
+                         f"{spec['estimator']!r} sums exactly")
     if spec["policy"] is None:      # numpy: the definition; the others model the hardware
         spec["policy"] = "exact" if spec["backend"] == "numpy" else "stream"
     if spec["policy"] not in POLICIES:

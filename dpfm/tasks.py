@@ -18,6 +18,11 @@ when the user gives none (per update rule).
     scikit-learn's bundled ``load_digits`` (1797 8x8 images, no download), pixels / 16 in
     [0, 1], one-hot targets (10 columns); a seeded shuffle, then 80/20.  Net 64-16-10
     (sigmoid, sigmoid), classification (accuracy reported).
+``cancer``
+    scikit-learn's bundled ``load_breast_cancer`` (569 tumours, 30 measurements, malignant or
+    benign; no download): a seeded shuffle, 80/20, every column standardised with the
+    training rows' mean and standard deviation; one-hot targets (2 columns).  Net 30-8-2
+    (sigmoid, sigmoid), classification (accuracy reported).
 ``--data FILE.npz``
     The user's arrays ``X_train, y_train, X_val, y_val`` (see :func:`load_npz`).
 """
@@ -34,7 +39,7 @@ import numpy as np
 from dpfm.reference.scalar import poly_data
 
 __all__ = ["Task", "TaskError", "TASKS", "TASK_HELP", "load_task", "load_npz", "sum4", "poly",
-           "digits", "split_80_20", "DATA_KEYS"]
+           "digits", "cancer", "split_80_20", "DATA_KEYS"]
 
 #: Arrays a ``--data`` file must hold.
 DATA_KEYS = ("X_train", "y_train", "X_val", "y_val")
@@ -112,12 +117,15 @@ TASK_HELP = {
             "maxnorm lr 0.003, 150 epochs",
     "digits": "scikit-learn load_digits, net 64,16,10 sigmoid,sigmoid, accuracy reported; "
               "maxnorm lr 0.03, sgd lr 5.0; 30 epochs",
+    "cancer": "scikit-learn load_breast_cancer, standardised, net 30,8,2 sigmoid,sigmoid, "
+              "accuracy reported; maxnorm lr 0.03, sgd lr 0.5; 30 epochs",
     "data": "--data FILE.npz, net IN,5,5,OUT sigmoid,sigmoid,linear; lr 0.01, 250 epochs",
 }
 
 _SUM4_DEFAULTS = {"maxnorm": {"lr": 0.01, "epochs": 250}, "sgd": {"lr": 0.01, "epochs": 250}}
 _POLY_DEFAULTS = {"maxnorm": {"lr": 0.003, "epochs": 150}, "sgd": {"lr": 0.1, "epochs": 50}}
 _DIGITS_DEFAULTS = {"maxnorm": {"lr": 0.03, "epochs": 30}, "sgd": {"lr": 5.0, "epochs": 30}}
+_CANCER_DEFAULTS = {"maxnorm": {"lr": 0.03, "epochs": 30}, "sgd": {"lr": 0.5, "epochs": 30}}
 _DATA_DEFAULTS = {"maxnorm": {"lr": 0.01, "epochs": 250}, "sgd": {"lr": 0.01, "epochs": 250}}
 
 DEFAULT_CORPUS = 400
@@ -179,7 +187,34 @@ def digits(corpus=None, seed=0) -> Task:
                 corpus=n)
 
 
-_LOADERS = {"sum4": sum4, "poly": poly, "digits": digits}
+@lru_cache(maxsize=1)
+def _cancer_arrays():
+    from sklearn.datasets import load_breast_cancer
+
+    d = load_breast_cancer()
+    X = d.data.astype(np.float64)
+    Y = np.eye(2)[d.target]
+    X.setflags(write=False)
+    Y.setflags(write=False)
+    return X, Y
+
+
+def cancer(corpus=None, seed=0) -> Task:
+    """scikit-learn's ``load_breast_cancer``: a seeded shuffle, the first ``corpus`` rows,
+    80/20, then every column standardised by the training rows (mean 0, standard deviation 1
+    there; a constant column is only centred)."""
+    X, Y = _cancer_arrays()
+    n = len(X) if corpus is None else _check_corpus(corpus, limit=len(X))
+    order = np.random.default_rng(seed).permutation(len(X))[:n]
+    Xt, yt, Xv, yv = split_80_20(X[order], Y[order])
+    mean, std = Xt.mean(axis=0), Xt.std(axis=0)
+    std = np.where(std > 0, std, 1.0)
+    return Task("cancer", (Xt - mean) / std, yt, (Xv - mean) / std, yv, net=(30, 8, 2),
+                activations=("sigmoid", "sigmoid"), classify=True, defaults=_CANCER_DEFAULTS,
+                corpus=n)
+
+
+_LOADERS = {"sum4": sum4, "poly": poly, "digits": digits, "cancer": cancer}
 #: Names of the built-in tasks.
 TASKS = tuple(_LOADERS)
 

@@ -32,6 +32,7 @@ from functools import lru_cache
 import numpy as np
 
 from .fixed import FixedFormat
+from .kernels import sigmoid_parts
 from .scalar import sigmoid_slope, tanh_slope
 
 __all__ = ["ACTIVATIONS", "ACT_CODES", "TABLE_Z_FRAC", "TABLE_ADDR_BITS", "TABLE_ENTRIES",
@@ -104,13 +105,22 @@ def act_float(name: str, z: np.ndarray):
         return np.maximum(z, 0.0), (z > 0).astype(np.float64)
     if name not in TABLED:
         raise ValueError(f"unknown activation {name!r}; known: {', '.join(ACTIVATIONS)}")
-    f = _value_float(name, z)
-    d = _slope_of_value(name, f)
-    if name == "sigmoid":
-        far = z > SIGMOID_STABLE_FROM           # for z < 0, 1 - f does not cancel
-        if far.any():
-            d = np.where(far, sigmoid_slope(np.exp(-np.abs(z))), d)
+    if name == "sigmoid" and z.ndim and z.flags.c_contiguous:
+        # f = 1 / (1 + exp(-z)) and d = f (1 - f) in one compiled loop over numpy's exp
+        # (the same operations as _value_float and _slope_of_value, so the same bits)
+        with np.errstate(over="ignore"):
+            e = np.exp(-z)
+        f, d, n_far = sigmoid_parts(e, z, SIGMOID_STABLE_FROM)
+        if n_far:                               # for z < 0, 1 - f does not cancel
+            d = np.where(z > SIGMOID_STABLE_FROM, sigmoid_slope(np.exp(-np.abs(z))), d)
     else:
+        f = _value_float(name, z)
+        d = _slope_of_value(name, f)
+        if name == "sigmoid":
+            far = z > SIGMOID_STABLE_FROM
+            if far.any():
+                d = np.where(far, sigmoid_slope(np.exp(-np.abs(z))), d)
+            return f, d
         far = np.abs(z) > TANH_STABLE_FROM
         if far.any():
             d = np.where(far, tanh_slope(np.exp(-2.0 * np.abs(z))), d)

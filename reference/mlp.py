@@ -13,9 +13,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .activations import act_fixed, act_float, check_activation
+from .estimators import (DEFAULT_ESTIMATOR, ESTIMATOR_STREAM, check_estimator, combine_tangents,
+                         resolve_layer_k, tangent_forward)
 from .fixed import FixedFormat, Formats, round_shift
-from .kernels import EXACT, STREAM, accumulate_delta, merge_layer
-from .ops import scale_registers
+from .kernels import (EXACT, STREAM, accumulate_delta, float_update, merge_sampled_float,
+                      merge_scale_fixed, merge_scale_float)
 
 __all__ = ["MLP", "Forward", "LayerTrace", "StepTrace", "History", "POLICIES", "UPDATES",
            "param_layout", "resolve_k", "as_formats", "weights_sha256", "SGD_CS_MIN", "SGD_CS_MAX"]
@@ -96,7 +98,9 @@ class Forward:
     ``value`` (N, n_out) and ``grad_val`` (N, n_out, R) are float64 (dequantized in fixed
     point); ``grad_idx`` (N, n_out, R) int64, -1 in empty registers (whose value is 0).
     ``R = min(k, parameters reachable)``.  ``layers`` holds every layer's raw trace (integers
-    in fixed point) and ``saturations`` the clamp events by kind.
+    in fixed point) and ``saturations`` the clamp events by kind.  The tangent estimators
+    (``forward-gradient``, ``multi-tangent``) carry no registers (``R = 0``) but
+    ``tangents`` (N, n_out, k), the outputs' derivatives along each tangent.
     """
     value: np.ndarray
     grad_idx: np.ndarray
@@ -104,6 +108,7 @@ class Forward:
     layers: list
     saturations: dict
     fixed: bool
+    tangents: np.ndarray | None = None   # (N, n_out, k) J V of the tangent estimators
 
     def dense_jacobian(self, n_params):
         """(N, n_out, n_params) dense d value / d theta from the registers."""
@@ -235,8 +240,14 @@ class MLP:
             raise ValueError(f"X must have shape (N, {self.sizes[0]}), not {X.shape}")
         return X
 
-    def _forward_raw(self, Xr, params, k, fmt, policy, grads=True):
-        """Forward on raw numbers (float64, or int64 in ``fmt``). Returns list of LayerTrace."""
+    def _forward_raw(self, Xr, params, k, fmt, policy, grads=True, layer_k=None, uniforms=None):
+        """Forward on raw numbers (float64, or int64 in ``fmt``). Returns list of LayerTrace.
+
+        ``layer_k`` (one int per layer) replaces ``k`` layer by layer; ``uniforms`` (one
+        (N, n_out) array of uniforms in [0, 1) per layer, float only) samples the registers
+        (estimator ``randk``, :func:`~dpfm.reference.kernels.merge_sampled_float`) instead of
+        keeping the top k.
+        """
         pol = POLICIES[policy] if isinstance(policy, str) else policy
         N = Xr.shape[0]
         a = Xr
@@ -256,27 +267,26 @@ class MLP:
                 a_new, d = act_fixed(name, z, fmt.value, fmt.deriv)
             mi = mv = gi_new = gv_new = None
             if grads:
-                R = min(k, self.offsets[l] + self.sizes[l] + 1)
-                if fmt is None:
-                    mi, mv, c = merge_layer(a, gi, gv, W, self.offsets[l], R, pol, 0, 0, 1.0,
-                                            -np.inf, np.inf)
-                    gv_new = mv * d[..., None]
+                R = min(k if layer_k is None else layer_k[l], self.offsets[l] + self.sizes[l] + 1)
+                if fmt is None and uniforms is not None:
+                    mi, mv, gi_new, gv_new = merge_sampled_float(a, gi, gv, W, self.offsets[l], R,
+                                                                 uniforms[l], d)
+                elif fmt is None:
+                    mi, mv, gi_new, gv_new = merge_scale_float(a, gi, gv, W, self.offsets[l], R,
+                                                               pol, d)
                 else:
                     g = fmt.grad
-                    mi, mv, c = merge_layer(a, gi, gv, W, self.offsets[l], R, pol, fmt.weight.frac,
-                                            fmt.value.frac - g.frac, g.one,
-                                            g.min_int, g.max_int)
+                    mi, mv, gi_new, gv_new, c = merge_scale_fixed(
+                        a, gi, gv, W, self.offsets[l], R, pol, fmt.weight.frac,
+                        fmt.value.frac - g.frac, g.one, g.min_int, g.max_int, d, fmt.deriv.frac)
                     sats["grad"] += int(c)
-                    gi_new, gv_new, c = scale_registers(mi, mv, d, fmt.deriv, g)
-                    sats["grad"] += c
-                if fmt is None:
-                    gi_new = np.where(gv_new != 0, mi, -1)
                 gv, gi = gv_new, gi_new
             traces.append(LayerTrace(z, a_new, d, mi, mv, gi_new, gv_new))
             a = a_new
         return traces, sats
 
-    def forward(self, X, k=16, fmt=None, policy="exact"):
+    def forward(self, X, k=16, fmt=None, policy="exact", estimator=DEFAULT_ESTIMATOR,
+                layer_k=None, seed=0):
         """Forward pass with gradient registers.
 
         Parameters
@@ -285,14 +295,29 @@ class MLP:
         k : int, None or "full".  Registers kept per activation.
         fmt : None (float64) or Formats / FixedFormat (bit-exact fixed point).
         policy : "exact" (default) or "stream" (the hardware's insertion order).
+        estimator : str
+            A register estimator of :data:`~dpfm.reference.estimators.ESTIMATORS`:
+            ``topk`` (default), ``topk-per-layer`` (with ``layer_k``) or ``randk`` (float;
+            its draws from ``numpy.random.default_rng([seed, ESTIMATOR_STREAM])``).
+        layer_k : list of int, optional
+            ``topk-per-layer``'s k per layer (default: the equal-cost rule).
+        seed : int
+            Seeds ``randk``'s draws.
         """
         X = self._check_X(X)
         k = resolve_k(k, self.n_params)
         if policy not in POLICIES:
             raise ValueError(f"unknown policy {policy!r}; known: {', '.join(POLICIES)}")
         fmt = as_formats(fmt)
+        est = check_estimator(estimator, layer_k, self.n_layers, fixed=fmt is not None)
+        if est.lanes != "registers":
+            raise ValueError(f"estimator {estimator!r} carries tangents, not registers: "
+                             f"see dpfm.reference.estimators.tangent_forward")
         if fmt is None:
-            traces, sats = self._forward_raw(X, self.params, k, None, policy)
+            lk, uniforms = self._estimator_draws(estimator, k, layer_k, len(X),
+                                                 np.random.default_rng([seed, ESTIMATOR_STREAM]))
+            traces, sats = self._forward_raw(X, self.params, k, None, policy, layer_k=lk,
+                                             uniforms=uniforms)
             last = traces[-1]
             return Forward(last.a, last.grad_idx, last.grad_val, traces, sats, False)
         Xq, c_in = fmt.value.quantize(X)
@@ -302,6 +327,14 @@ class MLP:
         last = traces[-1]
         return Forward(fmt.value.to_float(last.a), last.grad_idx, fmt.grad.to_float(last.grad_val),
                        traces, sats, True)
+
+    def _estimator_draws(self, estimator, k, layer_k, N, rng):
+        """``(layer_k, uniforms)`` for :meth:`_forward_raw` of a register estimator."""
+        if estimator == "topk-per-layer":
+            return resolve_layer_k(self.sizes, k, layer_k), None
+        if estimator == "randk":
+            return None, [rng.random((N, n)) for n in self.sizes[1:]]
+        return None, None
 
     def predict(self, X, fmt=None):
         """Values only (no registers), float64 (dequantized in fixed point)."""
@@ -336,25 +369,35 @@ class MLP:
         return y
 
     # -- training ---------------------------------------------------------------------
-    def step_raw(self, Xr, yr, params, k, lr, update, fmt, policy, *, sgd_q=None):
+    def step_raw(self, Xr, yr, params, k, lr, update, fmt, policy, estimator=DEFAULT_ESTIMATOR,
+                 rng=None, layer_k=None, *, sgd_q=None):
         """One training step on raw numbers; returns a :class:`StepTrace` (params not mutated).
 
-        Float: ``delta = dL/dtheta`` with L = MSE; ``sgd``: ``theta -= lr * delta``;
+        Float: ``delta = dL/dtheta`` with L = MSE (or the ``estimator``'s estimate of it, see
+        :mod:`dpfm.reference.estimators`; ``rng`` a ``numpy.random.Generator`` for the
+        random ones, ``layer_k`` for ``topk-per-layer``); ``sgd``: ``theta -= lr * delta``;
         ``maxnorm``: ``theta -= lr * delta / max|delta|`` (no update when the max is 0).
-        Fixed: see :func:`fixed_update` (``sgd_q``: the sgd scale ``(c_q, cs)`` to use instead
-        of ``sgd_scale(lr, count)``, as the engine's SGD_CQ and SGD_CS registers hold it).
+        Fixed: see :func:`fixed_update` (``topk`` only; ``sgd_q``: the sgd scale ``(c_q, cs)``
+        to use instead of ``sgd_scale(lr, count)``, as the engine's SGD_CQ and SGD_CS registers
+        hold it).
         """
-        traces, sats = self._forward_raw(Xr, params, k, fmt, policy)
+        if estimator != DEFAULT_ESTIMATOR:
+            est = check_estimator(estimator, layer_k, self.n_layers, fixed=fmt is not None)
+            if est.random and rng is None:
+                raise ValueError(f"estimator {estimator!r} draws random numbers: pass rng")
+            if est.lanes == "tangents":
+                return self._tangent_step(Xr, yr, params, k, lr, update, estimator, rng)
+            layer_k, uniforms = self._estimator_draws(estimator, k, layer_k, len(Xr), rng)
+            traces, sats = self._forward_raw(Xr, params, k, fmt, policy, layer_k=layer_k,
+                                             uniforms=uniforms)
+        else:
+            traces, sats = self._forward_raw(Xr, params, k, fmt, policy)
         last = traces[-1]
         N, n_out = yr.shape
         if fmt is None:
             err = last.a - yr
-            D = accumulate_delta(last.grad_idx, last.grad_val, err, self.n_params) * (2.0 / (N * n_out))
-            if update == "sgd":
-                upd = lr * D
-            else:
-                m = np.max(np.abs(D))
-                upd = lr * D / m if m > 0 else np.zeros_like(D)
+            D, upd = float_update(last.grad_idx, last.grad_val, err, self.n_params,
+                                  2.0 / (N * n_out), float(lr), update == "maxnorm")
             new = params - upd
             loss = float(np.mean(err ** 2))
         else:
@@ -369,8 +412,31 @@ class MLP:
         fwd = Forward(last.a, last.grad_idx, last.grad_val, traces, dict(sats), fmt is not None)
         return StepTrace(fwd, err, D, upd, new, loss, sats)
 
+    def _tangent_step(self, Xr, yr, params, k, lr, update, estimator, rng):
+        """A float step of a tangent estimator: ``k`` tangents ``V ~ N(0, I)`` (P, k) drawn
+        from ``rng``, ``c = V^T dL/dtheta`` from the forward pass, the delta from
+        :func:`~dpfm.reference.estimators.combine_tangents`, then the update rule."""
+        V = rng.standard_normal((self.n_params, k))
+        value, tangents, layers = tangent_forward(self, Xr, params, V)
+        N, n_out = yr.shape
+        err = value - yr
+        c = np.einsum("so,sot->t", err, tangents) * (2.0 / (N * n_out))
+        D = combine_tangents(estimator, V, c)
+        if update == "sgd":
+            upd = lr * D
+        else:
+            m = np.max(np.abs(D))
+            upd = lr * D / m if m > 0 else np.zeros_like(D)
+        traces = [LayerTrace(z, a, d, None, None, None, None) for z, a, d in layers]
+        empty_idx = np.full((N, n_out, 0), -1, dtype=np.int64)
+        sats = {"value": 0, "grad": 0}
+        fwd = Forward(value, empty_idx, np.zeros((N, n_out, 0)), traces, dict(sats), False,
+                      tangents)
+        return StepTrace(fwd, err, D, upd, params - upd, float(np.mean(err ** 2)), sats)
+
     def fit(self, X, y, k=16, epochs=250, batch=10, lr=0.01, update="maxnorm", validation=None,
-            fmt=None, policy="exact", seed=0, shuffle=True, progress=None, classify=False):
+            fmt=None, policy="exact", seed=0, shuffle=True, progress=None, classify=False,
+            estimator=DEFAULT_ESTIMATOR, layer_k=None):
         """Train in place with mini-batch steps; returns a :class:`History`.
 
         Batches are drawn from a fresh permutation each epoch
@@ -378,7 +444,10 @@ class MLP:
         the loss over the whole training set (and ``validation=(Xv, yv)``) is recorded.
         ``progress(epoch, history)`` is called after every epoch.  In fixed point the
         parameters stay integers of the weight format during the run and are stored back as
-        their exact float values.
+        their exact float values.  ``estimator`` (float only apart from ``topk``) and its
+        ``layer_k``: see :mod:`dpfm.reference.estimators`; the random ones draw from
+        ``numpy.random.default_rng([seed, ESTIMATOR_STREAM])``, so the batch order is the
+        same for every estimator.
         """
         X = self._check_X(X)
         y = self._check_y(y, len(X))
@@ -397,6 +466,10 @@ class MLP:
             Xv = self._check_X(validation[0])
             yv = self._check_y(validation[1], len(Xv))
         fmt = as_formats(fmt)
+        check_estimator(estimator, layer_k, self.n_layers, fixed=fmt is not None)
+        if estimator == "topk-per-layer":
+            layer_k = resolve_layer_k(self.sizes, k, layer_k)
+        est_rng = np.random.default_rng([seed, ESTIMATOR_STREAM])
         hist = History(saturations={})
         if fmt is None:
             Xr, yr, params = X, y, self.params.copy()
@@ -411,7 +484,11 @@ class MLP:
             order = rng.permutation(n) if shuffle else np.arange(n)
             for start in range(0, n, batch):
                 sel = order[start:start + batch]
-                st = self.step_raw(Xr[sel], yr[sel], params, k, lr, update, fmt, policy)
+                if estimator == DEFAULT_ESTIMATOR:
+                    st = self.step_raw(Xr[sel], yr[sel], params, k, lr, update, fmt, policy)
+                else:
+                    st = self.step_raw(Xr[sel], yr[sel], params, k, lr, update, fmt, policy,
+                                       estimator, est_rng, layer_k)
                 params = st.params
                 _add_sats(hist.saturations, st.saturations)
                 hist.steps += 1

@@ -58,12 +58,21 @@ def test_json_groups_hold_finite_numbers_for_every_setting(quick):
             s = cell["final_val_loss"]
             assert s["min"] <= s["mean"] <= s["max"], (name, cell)
             if cell["k"] != "full":
-                assert cell["vs_full"]["final_val_loss"]["of"] == cell["n"]
+                paired = "vs_dense" if name == "estimators" else "vs_full"
+                assert cell[paired]["final_val_loss"]["of"] == cell["n"]
     pooled = g["sum4_corpus"]["pooled"]
     assert len(pooled) == len(plan.arms) * (len(plan.sum4_ks) - 1)
     assert all(p["min_val_loss"]["of"] == len(plan.corpora) * len(plan.seeds) for p in pooled)
     for cell in g["digits_k"]["cells"]:
         assert 0 <= cell["accuracy"]["min"] <= cell["accuracy"]["max"] <= 1
+    est = g["estimators"]["cells"]
+    assert len(est) == len(plan.est_tasks) * (len(experiments.EST_NAMES) * len(plan.est_ks) + 1)
+    for cell in est:
+        assert cell["multiplies_per_step"] > 0
+        assert (cell["layer_k"] is not None) == (cell["estimator"] == "topk-per-layer")
+    dense = {c["task"]: c["multiplies_per_step"] for c in est if c["estimator"] == "dense"}
+    assert all(c["multiplies_per_step"] <= dense[c["task"]] for c in est
+               if c["estimator"] in ("topk", "topk-per-layer"))
     assert {c["k"] for c in g["sum4_k"]["curves"]} == set(plan.sum4_ks)
     assert all(len(c["epoch"]) == plan.sum4_epochs for c in g["sum4_k"]["curves"])
 
@@ -77,6 +86,7 @@ def test_page_blocks_are_replaced_and_the_prose_kept(quick):
         assert text.count(f"<!-- generated:{name} -->") == 1
         assert text.count(f"<!-- /generated:{name} -->") == 1
     assert "| maxnorm lr 0.01 | 2 |" in text
+    assert "| digits | val accuracy | forward-gradient |" in text
 
 
 def test_replot_rebuilds_from_the_json_without_training(quick, capsys):

@@ -53,10 +53,10 @@ def test_digits_scaled_one_hot_seeded():
 
 
 def test_load_task_names_and_errors():
-    assert set(TASKS) == {"sum4", "poly", "digits"}
+    assert set(TASKS) == {"sum4", "poly", "digits", "cancer"}
     for name in TASKS:
         assert isinstance(load_task(name, corpus=50), Task)
-    with pytest.raises(TaskError, match="unknown task 'nope'; known: sum4, poly, digits"):
+    with pytest.raises(TaskError, match="unknown task 'nope'; known: sum4, poly, digits, cancer"):
         load_task("nope")
     with pytest.raises(TaskError, match="too small"):
         load_task("sum4", corpus=2)
@@ -138,3 +138,15 @@ def test_load_npz_errors_are_one_clear_sentence(tmp_path, case):
 
 def test_data_keys_are_the_documented_ones():
     assert DATA_KEYS == ("X_train", "y_train", "X_val", "y_val")
+
+
+def test_cancer_standardised_by_the_training_rows_one_hot_seeded():
+    from dpfm.tasks import cancer
+    t = cancer()
+    assert t.X_train.shape == (455, 30) and t.X_val.shape == (114, 30)
+    assert t.y_train.shape == (455, 2) and t.classify and t.net == (30, 8, 2)
+    np.testing.assert_allclose(t.X_train.mean(axis=0), 0, atol=1e-12)
+    np.testing.assert_allclose(t.X_train.std(axis=0), 1, atol=1e-12)
+    assert np.all(t.y_train.sum(axis=1) == 1)
+    assert not np.array_equal(cancer(seed=1).X_train, t.X_train)
+    assert cancer(corpus=100).n_train == 80

@@ -20,6 +20,11 @@ reproduced with ``dpfm train``.  Groups (:data:`GROUPS`):
 ``digits_k``
     scikit-learn's digits (64-16-10, 1210 parameters): accuracy against k, ``full`` being
     dense forward-mode gradients, at equal epochs.
+``estimators``
+    Every gradient estimator of :data:`dpfm.reference.estimators.ESTIMATORS` at k = 4, 16
+    and 64 lanes per activation, and dense gradients (``topk`` at ``full``) beside them, on
+    sum4, digits and cancer (scikit-learn's breast cancer data), each at its task's default
+    update rule and epochs; five seeds; the multiplies per step of every setting.
 
 Outputs under ``--out`` (default ``docs``): ``figures/*.png``, ``figures/experiments.json``
 (every number: per-run summaries, per-setting mean/min/max over seeds, paired comparisons
@@ -44,11 +49,13 @@ from dpfm.files import check_output_path, write_json
 from .collect import run_experiments
 from .figures import make_figures
 from .page import tables, update_page
-from .plan import FIGURES, FULL, GROUPS, JSON_NAME, MD_NAME, PROG, QUICK, VARIANTS, Plan
+from .plan import (EST_NAMES, FIGURES, FULL, GROUPS, JSON_NAME, MD_NAME, PROG, QUICK, VARIANTS,
+                   Plan)
 from .stats import rounded
 
 
-__all__ = ["main", "Plan", "FULL", "QUICK", "GROUPS", "VARIANTS", "run_experiments", "FIGURES"]
+__all__ = ["main", "Plan", "FULL", "QUICK", "GROUPS", "VARIANTS", "EST_NAMES", "run_experiments",
+           "FIGURES"]
 
 
 def build_parser():

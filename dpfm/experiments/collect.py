@@ -11,7 +11,7 @@ from dataclasses import asdict
 from dpfm import __version__
 
 from .plan import GROUPS, Plan, Runner, group_cells
-from .stats import summarise
+from .stats import summarise, summarise_estimators
 
 
 def _machine() -> dict:
@@ -46,8 +46,11 @@ def run_experiments(plan: Plan, jobs=None, log=print) -> dict:
         flat = runner(configs)
         results = [flat[i * len(seeds):(i + 1) * len(seeds)] for i in range(len(cells))]
         wall = time.perf_counter() - t0
-        groups[name] = summarise(name, cells, seeds, results,
-                                 curves=name in ("sum4_k", "digits_k"))
+        if name == "estimators":
+            groups[name] = summarise_estimators(cells, seeds, results)
+        else:
+            groups[name] = summarise(name, cells, seeds, results,
+                                     curves=name in ("sum4_k", "digits_k"))
         groups[name]["wall_s"] = wall
         groups[name]["new_runs"] = runner.new - new0
         log(f"[{gi}/{len(GROUPS)}] {name}: {len(configs)} runs ({runner.new - new0} new) in "

@@ -126,6 +126,70 @@ def make_figures(data, fig_dir) -> list:
                          title=f"digits: {_setting(data, 'digits_k')}")
     written.append(path("digits_accuracy.png"))
     written.append(path("digits_accuracy_vs_epoch.png"))
+    written += _estimator_figures(G["estimators"], path)
+    return written
+
+
+#: Colour and marker of each estimator in the figures (dense: black).
+_EST_STYLE = {"topk": ("C0", "o"), "topk-per-layer": ("C1", "s"), "randk": ("C2", "^"),
+              "forward-gradient": ("C3", "v"), "multi-tangent": ("C4", "D"),
+              "dense": ("k", "*")}
+
+
+def _estimator_figures(g, path) -> list:
+    """Group ``estimators``: loss and accuracy against k per estimator (dense at ``full``),
+    and the validation loss against epoch at k = 16 and dense."""
+    from dpfm.plots import plot_spread_vs_epoch, plot_spread_vs_k
+
+    tasks = list(dict.fromkeys(c["task"] for c in g["cells"]))
+    names = list(dict.fromkeys(c["estimator"] for c in g["cells"]))
+    seeds = _n_seeds(g)
+
+    def panel(task, field):
+        series = []
+        for e in names:
+            color, marker = _EST_STYLE.get(e, (None, "o"))
+            style = {"color": color, "marker": marker} if color else {"marker": marker}
+            if e == "dense":
+                style["linestyle"] = "none"
+            cells = select_cells(g, task=task, estimator=e)
+            if field in cells[0]:
+                series.append(_series(cells, field, e, **style))
+        b = g["base_configs"][task]
+        return {"title": f"{task} ({'-'.join(map(str, b['net']))}, {b['epochs']} epochs, "
+                         f"{b['update']} lr {b['lr']:g})",
+                "series": series, "xlabel": "derivative lanes k per activation"}
+
+    written = []
+    plot_spread_vs_k([panel(t, "final_val_loss") for t in tasks],
+                     path("estimators_loss_vs_k.png"), ylabel="final validation MSE loss",
+                     legend_cols=2, title=f"Gradient estimators at k lanes (dense at full): "
+                                          f"mean, min-max and single runs over {seeds}")
+    written.append(path("estimators_loss_vs_k.png"))
+    classify = [t for t in tasks if "accuracy" in select_cells(g, task=t)[0]]
+    plot_spread_vs_k([panel(t, "accuracy") for t in classify],
+                     path("estimators_accuracy_vs_k.png"), ylabel="validation accuracy",
+                     log=False, legend_cols=2,
+                     title=f"Gradient estimators: accuracy at k lanes (dense at full), {seeds}")
+    written.append(path("estimators_accuracy_vs_k.png"))
+    panels = []
+    for t in tasks:
+        series = []
+        for e in names:
+            cv = [c for c in g["curves"] if c["task"] == t and c["estimator"] == e]
+            if not cv:
+                continue
+            cv = cv[0]
+            series.append({"label": e if e == "dense" else f"{e} k={cv['k']}", "x": cv["epoch"],
+                           "mean": cv["val_loss"]["mean"], "lo": cv["val_loss"]["min"],
+                           "hi": cv["val_loss"]["max"],
+                           "color": _EST_STYLE.get(e, ("C9", "o"))[0]})
+        panels.append({"title": f"{t}: validation loss vs epoch (band: min-max over seeds)",
+                       "series": series})
+    plot_spread_vs_epoch(panels, path("estimators_val_vs_epoch.png"),
+                         ylabel="validation MSE loss",
+                         title=f"Gradient estimators at equal epochs, {seeds}")
+    written.append(path("estimators_val_vs_epoch.png"))
     return written
 
 

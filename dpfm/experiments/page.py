@@ -116,7 +116,61 @@ def tables(data) -> dict:
                     f"| {_mmm(c['final_train_loss'])} | {_wins(c, 'accuracy')} "
                     f"| {c['wall_s']['mean']:.1f} |")
     out["digits_k"] = "\n".join(rows)
+    out.update(_estimator_tables(G["estimators"]))
     return out
+
+
+def _metric(g, task):
+    """The headline number of a task: accuracy when it classifies, else final val loss."""
+    return "accuracy" if "accuracy" in select_cells(g, task=task)[0] else "final_val_loss"
+
+
+def _mult(n):
+    return f"{n / 1e6:.2f} M" if n >= 1e6 else f"{n / 1e3:.1f} k" if n >= 1e3 else str(n)
+
+
+def _estimator_tables(g) -> dict:
+    """Group ``estimators``: the estimator x k x task table with dense beside it, the
+    multiplies per step with the paired counts against dense, and the best at k = 16."""
+    tasks = list(dict.fromkeys(c["task"] for c in g["cells"]))
+    names = [e for e in dict.fromkeys(c["estimator"] for c in g["cells"]) if e != "dense"]
+    ks = [k for k in dict.fromkeys(c["k"] for c in g["cells"]) if k != "full"]
+    n = len(g["seeds"])
+    rows = ["| task | measure | estimator | " + " | ".join(f"k={k}" for k in ks) + " | dense |",
+            "|" + "---|" * (len(ks) + 4)]
+    cost = ["| task | estimator | " + " | ".join(f"k={k}: multiplies/step (beats dense)"
+                                                 for k in ks) + " |", "|" + "---|" * (len(ks) + 2)]
+    best = []
+    for t in tasks:
+        f = _metric(g, t)
+        label = "val accuracy" if f == "accuracy" else "final val loss"
+        dense = select_cells(g, task=t, estimator="dense")[0]
+        for e in names:
+            cs = {c["k"]: c for c in select_cells(g, task=t, estimator=e)}
+            rows.append(f"| {t} | {label} | {e} | " + " | ".join(_mmm(cs[k][f]) for k in ks)
+                        + f" | {_mmm(dense[f])} |")
+            cost.append(f"| {t} | {e} | " + " | ".join(
+                f"{_mult(cs[k]['multiplies_per_step'])} ({cs[k]['vs_dense'][f]['better']}/"
+                f"{cs[k]['vs_dense'][f]['of']})" for k in ks) + " |")
+        cost.append(f"| {t} | dense | {_mult(dense['multiplies_per_step'])} (all k) |"
+                    + " |" * (len(ks) - 1))
+        for k in ks:
+            cs = [c for c in select_cells(g, task=t, k=k) if c[f]["mean"] is not None]
+            if not cs:
+                continue
+            top = (max if f == "accuracy" else min)(cs, key=lambda c: c[f]["mean"])
+            best.append(f"| {t} | {k} | {top['estimator']} | {_mmm(top[f])} | {_mmm(dense[f])} "
+                        f"| {top['vs_dense'][f]['better']}/{top['vs_dense'][f]['of']} |")
+    best = ["| task | k | best estimator (mean) | its " + "measure | dense | seeds in which it "
+            "beats dense |", "|" + "---|" * 6] + best
+    per_layer = [c for c in g["cells"] if c["estimator"] == "topk-per-layer"]
+    lk = "; ".join(f"{c['task']} k={c['k']}: {','.join(map(str, c['layer_k']))}"
+                   for c in per_layer if c.get("layer_k"))
+    cost += ["", f"Mean over {n} seeds; in brackets, the seeds (of {n}) in which the estimator "
+             "beats the dense run of the same seed on the task's measure. `topk-per-layer` used "
+             f"k per layer: {lk}."]
+    return {"estimators": "\n".join(rows), "estimators_cost": "\n".join(cost),
+            "estimators_best": "\n".join(best)}
 
 
 _BLOCK = "<!-- generated:{0} -->\n{1}\n<!-- /generated:{0} -->"

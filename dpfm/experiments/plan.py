@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+from dpfm.reference.estimators import ESTIMATORS
 from dpfm.spec import prepare
 from dpfm.sweep import run_many
 
@@ -13,11 +14,13 @@ from dpfm.sweep import run_many
 PROG = "python -m dpfm.experiments"
 
 #: Experiment groups, in the order they run and appear in the JSON.
-GROUPS = ("sum4_k", "sum4_corpus", "sum4_fixed", "digits_k")
+GROUPS = ("sum4_k", "sum4_corpus", "sum4_fixed", "digits_k", "estimators")
 
 #: Figures written to ``OUT/figures``.
 FIGURES = ("sum4_k_sweep.png", "sum4_vs_full.png", "sum4_val_vs_epoch.png", "sum4_corpus.png",
-           "sum4_fixed.png", "digits_accuracy.png", "digits_accuracy_vs_epoch.png")
+           "sum4_fixed.png", "digits_accuracy.png", "digits_accuracy_vs_epoch.png",
+           "estimators_loss_vs_k.png", "estimators_accuracy_vs_k.png",
+           "estimators_val_vs_epoch.png")
 
 JSON_NAME = "experiments.json"
 MD_NAME = "experiments.md"
@@ -39,6 +42,9 @@ class Plan:
     digits_epochs: int
     digits_seeds: tuple
     digits_corpus: int | None      # None: all 1797 rows
+    est_tasks: tuple               # estimators: (task, corpus, epochs); corpus None: all rows
+    est_ks: tuple                  # estimators: k (lanes per activation); dense beside them
+    est_seeds: tuple
 
 
 #: sum4 update rules: the seed's (maxnorm, lr 0.01, as ``dpfm train``'s demo), plain SGD at the
@@ -51,11 +57,21 @@ DIGITS_ARMS = (("maxnorm", None), ("sgd", None))
 FULL = Plan(seeds=(0, 1, 2, 3, 4), arms=SUM4_ARMS, sum4_ks=(2, 4, 8, 16, 32, "full"),
             sum4_corpus=400, sum4_epochs=250, batch=10, corpora=(50, 100, 200, 400),
             fixed_ks=(2, 4, 16, "full"), digits_ks=(4, 16, 64, "full"), digits_arms=DIGITS_ARMS,
-            digits_epochs=30, digits_seeds=(0, 1, 2), digits_corpus=None)
+            digits_epochs=30, digits_seeds=(0, 1, 2), digits_corpus=None,
+            est_tasks=(("sum4", 400, 250), ("digits", None, 30), ("cancer", None, 30)),
+            est_ks=(4, 16, 64), est_seeds=(0, 1, 2, 3, 4))
 
 QUICK = Plan(seeds=(0, 1), arms=SUM4_ARMS, sum4_ks=(2, "full"), sum4_corpus=50, sum4_epochs=3,
              batch=10, corpora=(20, 50), fixed_ks=(2, "full"), digits_ks=(4, "full"),
-             digits_arms=DIGITS_ARMS, digits_epochs=2, digits_seeds=(0,), digits_corpus=100)
+             digits_arms=DIGITS_ARMS, digits_epochs=2, digits_seeds=(0,), digits_corpus=100,
+             est_tasks=(("sum4", 50, 3), ("digits", 100, 2), ("cancer", 100, 2)), est_ks=(4,),
+             est_seeds=(0, 1))
+
+#: The estimators compared in group ``estimators`` (all of
+#: :data:`dpfm.reference.estimators.ESTIMATORS`), each at every ``est_ks``; the cell named
+#: :data:`DENSE` is ``topk`` keeping every register: the exact gradient.
+EST_NAMES = tuple(ESTIMATORS)
+DENSE = "dense"
 
 #: The three number/pruning variants of ``sum4_fixed``: name -> config overrides.
 VARIANTS = {
@@ -131,5 +147,14 @@ def group_cells(plan: Plan) -> dict:
         "digits_k": [({"arm": a, "k": k}, {**digits, **arm, "k": k})
                      for a, arm in d_arms.items() for k in plan.digits_ks],
     }
-    seeds = {"digits_k": plan.digits_seeds}
+    cells["estimators"] = []
+    for task, corpus, epochs in plan.est_tasks:
+        base = {"backend": "numpy", "task": task, "corpus": corpus, "epochs": epochs,
+                "batch": plan.batch}
+        cells["estimators"] += [({"task": task, "estimator": e, "k": k},
+                                 {**base, "estimator": e, "k": k})
+                                for e in EST_NAMES for k in plan.est_ks]
+        cells["estimators"].append(({"task": task, "estimator": DENSE, "k": "full"},
+                                    {**base, "estimator": "topk", "k": "full"}))
+    seeds = {"digits_k": plan.digits_seeds, "estimators": plan.est_seeds}
     return {g: (cells[g], seeds.get(g, plan.seeds)) for g in GROUPS}

@@ -111,7 +111,8 @@ def _pooled(cells) -> list:
 
 def _arm_settings(cells) -> dict:
     """arm name -> its update rule and learning rate."""
-    return {key["arm"]: {"update": config["update"], "lr": config["lr"]} for key, config in cells}
+    return {key["arm"]: {"update": config["update"], "lr": config["lr"]} for key, config in cells
+            if "arm" in key}
 
 
 GROUP_TITLES = {
@@ -119,7 +120,11 @@ GROUP_TITLES = {
     "sum4_corpus": "sum4 corpus sizes x k",
     "sum4_fixed": "sum4 float vs fixed point",
     "digits_k": "digits accuracy vs k (full = dense forward-mode gradients), equal epochs",
+    "estimators": "gradient estimators at k lanes per activation, dense beside them, equal epochs",
 }
+
+#: Group ``estimators`` keeps its loss curves at this k (and dense) only.
+EST_CURVE_K = 16
 
 
 def summarise(name, cells, seeds, results, curves) -> dict:
@@ -178,3 +183,38 @@ def rounded(obj):
 def select_cells(group, **match):
     """The cells of ``group`` whose fields equal ``match``."""
     return [c for c in group["cells"] if all(c[k] == v for k, v in match.items())]
+
+
+def summarise_estimators(cells, seeds, results) -> dict:
+    """Group ``estimators``: :func:`summarise` plus, per cell, the multiplies per step, the
+    ``layer_k`` of ``topk-per-layer``, and paired comparisons with the dense cell of the same
+    task (``vs_dense``: seeds in which the cell beats dense, geometric mean of the ratio)."""
+    out = summarise("estimators", cells, seeds, results, curves=True)
+    out["curves"] = [c for c in out["curves"] if c["k"] in (EST_CURVE_K, "full")]
+    out["base_configs"] = {}
+    for (key, config), rs, cell in zip(cells, results, out["cells"]):
+        cell["multiplies_per_step"] = rs[0]["multiplies_per_step"]
+        cell["multiplies"] = rs[0]["multiplies"]
+        cell["layer_k"] = rs[0]["layer_k"]
+        cell.pop("vs_full", None)
+        spec = prepare(config).spec
+        out["base_configs"][key["task"]] = {f: spec[f] for f in ("task", "corpus", "epochs",
+                                                                  "batch", "net", "activations",
+                                                                  "update", "lr")}
+    dense = {c["task"]: c for c in out["cells"] if c["estimator"] == "dense"}
+    for c in out["cells"]:
+        ref = dense[c["task"]]
+        if c is ref:
+            continue
+        c["vs_dense"] = {}
+        for f, lower in (("final_val_loss", True), ("min_val_loss", True), ("accuracy", False)):
+            if f not in c:
+                continue
+            pairs = [(a, b) for a, b in zip(c[f]["runs"], ref[f]["runs"])
+                     if a is not None and b is not None]
+            ratios = [a / b for a, b in pairs if a > 0 and b > 0]
+            c["vs_dense"][f] = {
+                "better": sum((a < b) if lower else (a > b) for a, b in pairs), "of": len(pairs),
+                "ratio_gmean": math.exp(sum(map(math.log, ratios)) / len(ratios)) if ratios
+                else None}
+    return out
