@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from amaranth.hdl import Const, Mux, signed
 
-__all__ = ["round_shift", "saturate", "round_shift_var"]
+__all__ = ["round_shift", "saturate", "round_shift_var", "tree_sum", "tree_levels"]
 
 
 def round_shift(x, s: int):
@@ -36,3 +36,42 @@ def saturate(x, fmt):
     under = x < lo
     value = Mux(over, Const(hi, signed(fmt.bits)), Mux(under, Const(lo, signed(fmt.bits)), x[:fmt.bits].as_signed()))
     return value, over | under
+
+
+def tree_levels(n: int) -> int:
+    """Adder levels of :func:`tree_sum` over ``n`` terms: ``ceil(log2(n))`` (0 for one term)."""
+    if n < 1:
+        raise ValueError(f"a sum needs at least one term, not {n}")
+    return (n - 1).bit_length()
+
+
+def tree_sum(terms, levels: int | None = None):
+    """Sum ``terms`` as a balanced binary tree of two-input adders.
+
+    Python's ``sum`` builds a chain of ``n - 1`` adders, one behind the other; the tree has
+    :func:`tree_levels` levels instead.
+
+    Parameters
+    ----------
+    terms : list of Amaranth values
+        The addends (signed or unsigned; each level widens by one bit).
+    levels : int, optional
+        Stop after this many levels and return the partial sums (a list); by default the
+        whole tree is built and the one sum is returned.
+
+    Returns
+    -------
+    Value or list of Value
+        The sum, or with ``levels`` the list of ``ceil(n / 2**levels)`` partial sums whose
+        sum is the sum of ``terms``.
+    """
+    terms = list(terms)
+    if not terms:
+        raise ValueError("a sum needs at least one term")
+    done = 0
+    while len(terms) > 1 and (levels is None or done < levels):
+        # pair neighbours; an odd one out waits for the next level
+        terms = [terms[n] + terms[n + 1] if n + 1 < len(terms) else terms[n]
+                 for n in range(0, len(terms), 2)]
+        done += 1
+    return terms[0] if levels is None else terms
