@@ -291,9 +291,11 @@ def layer_cycles(config: Config, layer: int) -> tuple[int, int]:
 
 
 def loss_drain_bound(config: Config) -> int:
-    """The most cycles LOSS_DRAIN can take: ``1 + max(4, LOSS_PIPE + T)`` with ``T =
-    lane_sum_stages(batch)`` (6 for batch 5..16)."""
-    return 1 + max(4, LOSS_PIPE + lane_sum_stages(config.batch))
+    """The most cycles LOSS_DRAIN can take: ``1 + max(4, LOSS_PIPE + T - (k - 1))`` with ``T =
+    lane_sum_stages(batch)``: a delta-bank add by the last issue keeps the pipeline busy 4
+    cycles, the sum of squares of the last output's register slot 0 (``k - 1`` issues before
+    the last) ``LOSS_PIPE + T``.  5 for the seed net at batch 5..16 and k >= 2."""
+    return 1 + max(4, LOSS_PIPE + lane_sum_stages(config.batch) - (config.k - 1))
 
 
 def loss_drain_cycles(case: StepCase) -> int:
