@@ -360,25 +360,29 @@ class Engine(wiring.Component):
             padded = Cat(*[Cat(regs1v[t].as_value(), Const(0, pw - ew)) for t in range(K)])
             g1 = entry_layout(cfg)(padded.word_select(sel, pw)[:ew])
             lane_g1.append(g1)
-            newv1, newsat1 = saturate(round_shift(a1, fv - fg), fm.grad)
             # stage 2 registers
             opa2 = Signal(wshape); opb2 = Signal(vshape if fm.value.bits >= fm.grad.bits else gshape)
-            cidx2 = Signal(cfg.idx_bits); cval2 = Signal(gshape); sat2 = Signal()
+            cidx2 = Signal(cfg.idx_bits)
+            anew2 = Signal(vshape)         # the activation, for the new entry's value in stage 3
             # stage 3 registers
             prod3 = Signal(signed(wshape.width + opb2.shape().width))
             cidx3 = Signal(cfg.idx_bits); cval3 = Signal(gshape); sat3 = Signal(); b3 = Signal(wshape)
             b2 = Signal(wshape)
             zacc = Signal(signed(wshape.width + vshape.width + 8))
+            newv2, newsat2 = saturate(round_shift(anew2, fv - fg), fm.grad)
             with m.If(~stall):
                 m.d.sync += [
                     opa2.eq(w_rd.data),
                     opb2.eq(Mux(kind1 == KIND_NEW, a1, g1.val)),
                     cidx2.eq(Mux(kind1 == KIND_NEW, idxn1, Mux(kind1 == KIND_REG, g1.idx, idxb1))),
-                    cval2.eq(Mux(kind1 == KIND_NEW, newv1, Const(min(fm.grad.one, fm.grad.max_int), gshape))),
-                    sat2.eq((kind1 == KIND_NEW) & newsat1 | (kind1 == KIND_BIAS) & (fm.grad.one > fm.grad.max_int)),
+                    anew2.eq(a1),
                     b2.eq(w_rd.data),
                     prod3.eq(opa2 * opb2),
-                    cidx3.eq(cidx2), cval3.eq(cval2), sat3.eq(sat2), b3.eq(b2),
+                    cidx3.eq(cidx2), b3.eq(b2),
+                    # the new entry's value new_entry(a) (the bias entry's: one), rounded and
+                    # saturated from stage 2's register rather than from the memory read
+                    cval3.eq(Mux(kind2 == KIND_NEW, newv2, Const(min(fm.grad.one, fm.grad.max_int), gshape))),
+                    sat3.eq((kind2 == KIND_NEW) & newsat2 | (kind2 == KIND_BIAS) & (fm.grad.one > fm.grad.max_int)),
                 ]
             prodv3, prodsat3 = saturate(round_shift(prod3, fw), fm.grad)
             zfull = zacc + (b3 << fv)

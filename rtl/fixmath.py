@@ -30,10 +30,27 @@ def round_shift_var(x, s, max_shift: int):
 
 
 def saturate(x, fmt):
-    """Clamp signed ``x`` to ``fmt`` (a FixedFormat). Returns ``(value, overflow)``."""
+    """Clamp signed ``x`` to ``fmt`` (a FixedFormat). Returns ``(value, overflow)``.
+
+    For a signed ``x`` and the two's-complement range of ``fmt`` (``-2**(bits-1)`` ..
+    ``2**(bits-1) - 1``) the overflow test looks at the bits alone: ``x`` fits when its bits
+    from ``bits - 1`` up all equal its sign (a few LUT levels, where the two compares with the
+    bounds are two carry chains).
+    """
     hi, lo = fmt.max_int, fmt.min_int
-    over = x > hi
-    under = x < lo
+    n = fmt.bits
+    shape = x.shape()
+    if shape.signed and hi == (1 << (n - 1)) - 1 and lo == -(1 << (n - 1)):
+        w = shape.width
+        if w <= n:                      # every value fits
+            return x.as_signed(), Const(0, 1)
+        sign = x[w - 1]
+        upper = x[n - 1:w - 1]          # the bits that must equal the sign
+        over = ~sign & upper.any()
+        under = sign & ~upper.all()
+    else:
+        over = x > hi
+        under = x < lo
     value = Mux(over, Const(hi, signed(fmt.bits)), Mux(under, Const(lo, signed(fmt.bits)), x[:fmt.bits].as_signed()))
     return value, over | under
 
