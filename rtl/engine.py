@@ -17,7 +17,7 @@ One step (``CTRL.start``) runs, for the ``BATCH_N`` samples in the SAMPLES windo
    are cleared while the forward pass runs (one address per cycle, no extra cycle), so a
    step never starts from what a reset or an interrupted step left in them.
 3. **Update** (``UPDATE`` sgd or maxnorm, skipped for none): ``m = max|D|``, normalisation,
-   a restoring divider for the :data:`RECIP_BITS`-bit ``2**35 / m`` (maxnorm, two quotient
+   a radix-4 restoring divider for the :data:`RECIP_BITS`-bit ``2**35 / m`` (maxnorm, two quotient
    bits per cycle), then one parameter per cycle
    ``w -= upd`` exactly as :func:`dpfm.reference.mlp.fixed_update`.
 
@@ -25,11 +25,13 @@ Each lane counts its own write-backs and a layer ends when every lane has writte
 every neuron; MERGE_BUSY counts the cycles in which any active lane's merger takes a
 candidate; FLAGS are a :class:`StickyFlags` (a flag raised in the cycle of a clear stays).
 
-Timing (cycles, ``k_l`` = registers of layer ``l``'s inputs, 0 for the first layer):
+Timing (cycles, ``k_l`` = registers of layer ``l``'s inputs, 0 for the first layer, ``T =
+lane_sum_stages(batch)``, 2 for batch 5..16):
 forward ``sum_l n_out_l * (n_in_l * (1 + k_l) + 1) + L * T_barrier``; loss/delta
-``n_out * k + 5``; update ``2 * P + DIV_CYCLES + 9`` (maxnorm, ``DIV_CYCLES = 10``) or
-``2 * P + 9`` (sgd);
-see docs/engine.md.  Bit-exact with ``MLP.step_raw(..., policy="stream")`` in the Config's
+``n_out * k + LOSS_DRAIN`` (at most ``1 + max(4, LOSS_PIPE + T - (k - 1))``); update
+``2 * P + (1 + MAX_PIPE + T) + NORM_CYCLES + DIV_CYCLES + (1 + UPDATE_PIPE + T)`` (maxnorm,
+``DIV_CYCLES = 10``; ``2 * P + 21 + 10`` at the default batch) or the same without
+``DIV_CYCLES`` (sgd); see docs/engine.md.  Bit-exact with ``MLP.step_raw(..., policy="stream")`` in the Config's
 fixed formats.
 """
 
