@@ -49,7 +49,7 @@ from dpfm.reference.mlp import NORM_BITS, RATIO_FRAC, RECIP_FRAC, SGD_CS_MIN
 from .activation import ActivationUnit
 from .axi import AXI4LiteSignature, AXI4LiteSlave
 from .dual_scale import DualScale
-from .fixmath import round_shift, saturate, tree_levels, tree_sum
+from .fixmath import round_shift, round_shift_saturate, saturate, tree_levels, tree_sum
 from .layouts import entry_layout, registers_layout
 from .regmap import ADDR_BITS, CTRL, FLAGS, ID_MAGIC, STATUS_ERROR_SHIFT, UPDATE, WINDOW_BITS, StartError, register_map
 from .topk import TopKMerger
@@ -386,7 +386,7 @@ class Engine(wiring.Component):
                     cval3.eq(Mux(kind2 == KIND_NEW, newv2, Const(min(fm.grad.one, fm.grad.max_int), gshape))),
                     sat3.eq((kind2 == KIND_NEW) & newsat2 | (kind2 == KIND_BIAS) & (fm.grad.one > fm.grad.max_int)),
                 ]
-            prodv3, prodsat3 = saturate(round_shift(prod3, fw), fm.grad)
+            prodv3, prodsat3 = round_shift_saturate(prod3, fw, fm.grad)
             zfull = zacc + (b3 << fv)
             z3, zsat3 = saturate(round_shift(zfull, fw), fm.value)
             mg, au = mergers[s], acts[s]
@@ -845,7 +845,11 @@ class Engine(wiring.Component):
         with m.If(~reg.r_en):
             m.d.sync += rerr.eq(0)
         flag_terms.append((werr | rerr) << FLAGS["bus_error"])
-        m.d.comb += set_flags.eq(_or_all(flag_terms))
+        # every flag event is registered where it arises (one cycle late into FLAGS), so no
+        # path runs from a lane's datapath through the OR over the lanes into FLAGS
+        flag_q = [Signal(len(FLAGS), name=f"flag_ev{n}") for n in range(len(flag_terms))]
+        m.d.sync += [q.eq(t) for q, t in zip(flag_q, flag_terms)]
+        m.d.comb += set_flags.eq(_or_all(flag_q))
         samples_data = Array([smem_rd[s].data for s in range(B)])[rrow]
         outputs_data = Array([vmem_rd[s].data for s in range(B)])[rrow]
         read_data = {0: rdata, W_WIN: w_rd.data.as_signed(), S_WIN: samples_data, O_WIN: outputs_data}

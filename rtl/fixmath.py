@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from amaranth.hdl import Const, Mux, signed
 
-__all__ = ["round_shift", "saturate", "round_shift_var", "tree_sum", "tree_levels"]
+__all__ = ["round_shift", "saturate", "round_shift_var", "tree_sum", "tree_levels", "round_shift_saturate"]
 
 
 def round_shift(x, s: int):
@@ -92,3 +92,37 @@ def tree_sum(terms, levels: int | None = None):
                  for n in range(0, len(terms), 2)]
         done += 1
     return terms[0] if levels is None else terms
+
+
+def round_shift_saturate(x, s: int, fmt):
+    """``saturate(round_shift(x, s), fmt)`` with a short carry chain: ``(value, overflow)``.
+
+    With ``h = x >> s`` (floor) and ``c = x[s-1]``, ``round_shift(x, s) = h + c``.  The
+    overflow is decided on ``h``'s bits alone (``h`` out of range, or ``h`` one step outside
+    it that ``c`` does not bring back), in parallel with the ``fmt.bits``-wide increment
+    ``h + c`` that gives the value, instead of a full-width add followed by the test.  Falls
+    back to the plain expression for ``s <= 0``, an unsigned ``x`` or a format whose range is
+    not two's complement.
+    """
+    hi, lo = fmt.max_int, fmt.min_int
+    n = fmt.bits
+    shape = x.shape()
+    w = shape.width
+    if s <= 0 or not shape.signed or hi != (1 << (n - 1)) - 1 or lo != -(1 << (n - 1)) \
+            or w - s <= n:
+        return saturate(round_shift(x, s), fmt)
+    h = x[s:]                                  # w - s bits, two's complement
+    c = x[s - 1]
+    sign = h[-1]
+    upper = h[n - 1:-1]                        # must equal the sign for h to fit
+    low = h[:n - 1]
+    h_over = ~sign & upper.any()               # h > max
+    h_under = sign & ~upper.all()              # h < min
+    h_max = ~sign & ~upper.any() & low.all()   # h == max: c pushes it over
+    h_below = sign & ~h[n - 1] & h[n:-1].all() & low.all() if w - s > n + 1 else \
+        sign & ~h[n - 1] & low.all()           # h == min - 1: c brings it back to min
+    over = h_over | (h_max & c)
+    under = h_under & ~(h_below & c)
+    inc = (h[:n] + c)[:n].as_signed()
+    value = Mux(over, Const(hi, signed(n)), Mux(under, Const(lo, signed(n)), inc))
+    return value, over | under
