@@ -205,10 +205,12 @@ class DualScale(wiring.Component):
         # -- phase counter and input handshake ------------------------------------------
         if C > 1:
             phase = Signal(range(C))
+            # ``phase == C - 1`` kept in a register beside the counter, so that ``i.ready``
+            # (which the engine's stall collects over every lane) comes straight from flops
             last_phase = Signal()
-            m.d.comb += last_phase.eq(phase == C - 1)
             with m.If(self.i.valid & advance):
-                m.d.sync += phase.eq(Mux(last_phase, 0, phase + 1))
+                next_phase = Mux(last_phase, 0, phase + 1)
+                m.d.sync += [phase.eq(next_phase), last_phase.eq(next_phase == C - 1)]
         else:
             phase = Const(0, 1)
             last_phase = Const(1, 1)

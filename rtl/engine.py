@@ -17,7 +17,7 @@ One step (``CTRL.start``) runs, for the ``BATCH_N`` samples in the SAMPLES windo
    are cleared while the forward pass runs (one address per cycle, no extra cycle), so a
    step never starts from what a reset or an interrupted step left in them.
 3. **Update** (``UPDATE`` sgd or maxnorm, skipped for none): ``m = max|D|``, normalisation,
-   a restoring divider for the :data:`RECIP_BITS`-bit ``2**35 / m`` (maxnorm, two quotient
+   a radix-4 restoring divider for the :data:`RECIP_BITS`-bit ``2**35 / m`` (maxnorm, two quotient
    bits per cycle), then one parameter per cycle
    ``w -= upd`` exactly as :func:`dpfm.reference.mlp.fixed_update`.
 
@@ -25,11 +25,13 @@ Each lane counts its own write-backs and a layer ends when every lane has writte
 every neuron; MERGE_BUSY counts the cycles in which any active lane's merger takes a
 candidate; FLAGS are a :class:`StickyFlags` (a flag raised in the cycle of a clear stays).
 
-Timing (cycles, ``k_l`` = registers of layer ``l``'s inputs, 0 for the first layer):
+Timing (cycles, ``k_l`` = registers of layer ``l``'s inputs, 0 for the first layer, ``T =
+lane_sum_stages(batch)``, 2 for batch 5..16):
 forward ``sum_l n_out_l * (n_in_l * (1 + k_l) + 1) + L * T_barrier``; loss/delta
-``n_out * k + 5``; update ``2 * P + DIV_CYCLES + 9`` (maxnorm, ``DIV_CYCLES = 10``) or
-``2 * P + 9`` (sgd);
-see docs/engine.md.  Bit-exact with ``MLP.step_raw(..., policy="stream")`` in the Config's
+``n_out * k + LOSS_DRAIN`` (at most ``1 + max(4, LOSS_PIPE + T - (k - 1))``); update
+``2 * P + (1 + MAX_PIPE + T) + NORM_CYCLES + DIV_CYCLES + (1 + UPDATE_PIPE + T)`` (maxnorm,
+``DIV_CYCLES = 10``; ``2 * P + 21 + 10`` at the default batch) or the same without
+``DIV_CYCLES`` (sgd); see docs/engine.md.  Bit-exact with ``MLP.step_raw(..., policy="stream")`` in the Config's
 fixed formats.
 """
 
@@ -47,14 +49,15 @@ from dpfm.reference.mlp import NORM_BITS, RATIO_FRAC, RECIP_FRAC, SGD_CS_MIN
 from .activation import ActivationUnit
 from .axi import AXI4LiteSignature, AXI4LiteSlave
 from .dual_scale import DualScale
-from .fixmath import round_shift, round_shift_var, saturate
+from .fixmath import round_shift, round_shift_saturate, saturate, tree_levels, tree_sum
 from .layouts import entry_layout, registers_layout
 from .regmap import (ADDR_BITS, CTRL, FLAGS, ID_MAGIC, STATUS_ERROR_SHIFT, UPDATE, WINDOW_BITS, Resp,
                      StartError, register_map)
 from .topk import TopKMerger
 
-__all__ = ["Engine", "StickyFlags", "ISSUE_DEPTH", "AFIFO_LATENCY", "UPDATE_PIPE", "RECIP_BITS",
-           "DIV_CYCLES"]
+__all__ = ["Engine", "StickyFlags", "ISSUE_DEPTH", "AFIFO_LATENCY", "UPDATE_PIPE", "MAX_PIPE",
+           "NORM_CYCLES", "LOSS_PIPE", "RECIP_BITS", "DIV_CYCLES", "SUM_LEVELS_PER_STAGE",
+           "lane_sum_stages"]
 
 DELTA_BITS = 56          # exact delta banks (their sum is saturated to 48 bits when read)
 
@@ -63,9 +66,48 @@ DELTA_BITS = 56          # exact delta banks (their sum is saturated to 48 bits 
 #: ``(2**(RECIP_FRAC-NORM_BITS), 2**(RECIP_FRAC-NORM_BITS+1)]`` (20 bits by default; the
 #: largest, for ``m_n = 2**16``, is ``2**19`` itself).
 RECIP_BITS = RECIP_FRAC - NORM_BITS + 2
-#: Cycles of the DIV state: the restoring divider makes two quotient bits per cycle and skips
-#: the quotient bits above :data:`RECIP_BITS`, which are always 0.
+#: Cycles of the DIV state: the radix-4 restoring divider makes two quotient bits per cycle
+#: and skips the quotient bits above :data:`RECIP_BITS`, which are always 0.
 DIV_CYCLES = (RECIP_BITS + 1) // 2
+#: Cycles of the NORM state: the bit length of ``max|D|``; the shifts; the normalised
+#: maximum; three times it (for the divider) and the sgd rounding constant.
+NORM_CYCLES = 4
+#: Adder levels between two registers in the engine's pipelined sums over the lanes (the
+#: delta banks in MAX and UPD, the squared errors in LOSS).
+SUM_LEVELS_PER_STAGE = 2
+
+
+def lane_sum_stages(batch: int) -> int:
+    """Register stages of the engine's pipelined sum over ``batch`` lanes.
+
+    Parameters
+    ----------
+    batch : int
+        Lanes (delta banks) summed, at least 1.
+
+    Returns
+    -------
+    int
+        ``ceil(ceil(log2(batch)) / SUM_LEVELS_PER_STAGE)``: 0 for one lane, 1 for 2..4
+        lanes, 2 for 5..16 lanes (the default batch of 10), 3 for 17..64.
+    """
+    return -(-tree_levels(batch) // SUM_LEVELS_PER_STAGE)
+
+
+def _pipelined_sum(m, terms, name):
+    """The sum of ``terms`` through :func:`lane_sum_stages` register stages (``m.d.sync``,
+    no enable): :data:`SUM_LEVELS_PER_STAGE` adder-tree levels per stage.  The result is
+    the last stage's register (the single term itself when there is one)."""
+    stages = lane_sum_stages(len(terms))
+    for st in range(stages):
+        regs = []
+        for n, v in enumerate(tree_sum(terms, levels=SUM_LEVELS_PER_STAGE)):
+            r = Signal(v.shape(), name=f"{name}{st + 1}_{n}")
+            m.d.sync += r.eq(v)
+            regs.append(r)
+        terms = regs
+    assert len(terms) == 1
+    return terms[0]
 
 
 def _or_all(terms):
@@ -82,9 +124,19 @@ ISSUE_DEPTH = 4
 #: Cycles from a write into a lane's activation FIFO (``SyncFIFOBuffered``) to its data being
 #: readable.
 AFIFO_LATENCY = 2
-#: Stages of the update pipeline after the parameter address: read, normalise, multiply,
-#: write (``pv1`` .. ``upd4`` below).
-UPDATE_PIPE = 4
+#: Register stages of the MAX pass after the parameter address, besides the
+#: :func:`lane_sum_stages` of the sum over the delta banks: the banks' read, ``D = sat(sum)``,
+#: ``|D|`` (compared with the running maximum in that stage).
+MAX_PIPE = 3
+#: Register stages of the update pass after the parameter address, besides the
+#: :func:`lane_sum_stages` of the sum over the delta banks: the reads, ``D = sat(sum)``,
+#: ``Dn = D >> sh``, the product ``Dn * (recip | c_q)``, the ratio (maxnorm) or the rounding
+#: add (sgd), ``ratio * lr_q`` or the shift, ``w - upd``, its saturation (written in that
+#: stage); see the stage list in :meth:`Engine.elaborate`.
+UPDATE_PIPE = 8
+#: Register stages of the loss pass's sum of squared errors after the squares, besides the
+#: :func:`lane_sum_stages` of the sum over the lanes (the accumulation into LOSS).
+LOSS_PIPE = 3
 
 
 def _fits(word, shape):
@@ -322,27 +374,31 @@ class Engine(wiring.Component):
             padded = Cat(*[Cat(regs1v[t].as_value(), Const(0, pw - ew)) for t in range(K)])
             g1 = entry_layout(cfg)(padded.word_select(sel, pw)[:ew])
             lane_g1.append(g1)
-            newv1, newsat1 = saturate(round_shift(a1, fv - fg), fm.grad)
             # stage 2 registers
             opa2 = Signal(wshape); opb2 = Signal(vshape if fm.value.bits >= fm.grad.bits else gshape)
-            cidx2 = Signal(cfg.idx_bits); cval2 = Signal(gshape); sat2 = Signal()
+            cidx2 = Signal(cfg.idx_bits)
+            anew2 = Signal(vshape)         # the activation, for the new entry's value in stage 3
             # stage 3 registers
             prod3 = Signal(signed(wshape.width + opb2.shape().width))
             cidx3 = Signal(cfg.idx_bits); cval3 = Signal(gshape); sat3 = Signal(); b3 = Signal(wshape)
             b2 = Signal(wshape)
             zacc = Signal(signed(wshape.width + vshape.width + 8))
+            newv2, newsat2 = saturate(round_shift(anew2, fv - fg), fm.grad)
             with m.If(~stall):
                 m.d.sync += [
                     opa2.eq(w_rd.data),
                     opb2.eq(Mux(kind1 == KIND_NEW, a1, g1.val)),
                     cidx2.eq(Mux(kind1 == KIND_NEW, idxn1, Mux(kind1 == KIND_REG, g1.idx, idxb1))),
-                    cval2.eq(Mux(kind1 == KIND_NEW, newv1, Const(min(fm.grad.one, fm.grad.max_int), gshape))),
-                    sat2.eq((kind1 == KIND_NEW) & newsat1 | (kind1 == KIND_BIAS) & (fm.grad.one > fm.grad.max_int)),
+                    anew2.eq(a1),
                     b2.eq(w_rd.data),
                     prod3.eq(opa2 * opb2),
-                    cidx3.eq(cidx2), cval3.eq(cval2), sat3.eq(sat2), b3.eq(b2),
+                    cidx3.eq(cidx2), b3.eq(b2),
+                    # the new entry's value new_entry(a) (the bias entry's: one), rounded and
+                    # saturated from stage 2's register rather than from the memory read
+                    cval3.eq(Mux(kind2 == KIND_NEW, newv2, Const(min(fm.grad.one, fm.grad.max_int), gshape))),
+                    sat3.eq((kind2 == KIND_NEW) & newsat2 | (kind2 == KIND_BIAS) & (fm.grad.one > fm.grad.max_int)),
                 ]
-            prodv3, prodsat3 = saturate(round_shift(prod3, fw), fm.grad)
+            prodv3, prodsat3 = round_shift_saturate(prod3, fw, fm.grad)
             zfull = zacc + (b3 << fv)
             z3, zsat3 = saturate(round_shift(zfull, fw), fm.value)
             mg, au = mergers[s], acts[s]
@@ -429,7 +485,8 @@ class Engine(wiring.Component):
         m.d.comb += w_rd.en.eq(rd_en)
 
         # ---------------------------------------------------------------- loss / delta datapath
-        # every lane at once: e = sat(y' - y); bank_s[idx] += e * g; loss += sum_s e**2
+        # every lane at once: e = sat(y' - y); bank_s[idx] += e * g; loss += sum_s e**2 (the
+        # sum over the lanes is a pipelined adder tree, lane_sum_stages(B) register stages)
         lv1 = Signal(); lr1 = Signal(16); lsq2 = Signal(); lsq3 = Signal()
         lv2 = Signal(B); lv3 = Signal(B); lv4 = Signal(B)
         sq_terms = []
@@ -452,33 +509,69 @@ class Engine(wiring.Component):
             sq_terms.append(sq3)
             d_delta_ports.append((gi3, gi4, dprod4))
         m.d.sync += [lv1.eq(loss_issue), lr1.eq(lr), lsq2.eq(lv1 & (lr1 == 0)), lsq3.eq(lsq2)]
-        with m.If(lsq3):
-            m.d.sync += loss.eq(loss + sum(sq_terms))
+        T = lane_sum_stages(B)
+        sq_sum = _pipelined_sum(m, sq_terms, "sq_sum")
+        lsq = [lsq3]                       # lsq[t]: sq_sum holds a valid sum after t stages
+        for t in range(T):
+            v = Signal(name=f"lsq_s{t + 1}")
+            m.d.sync += v.eq(lsq[-1])
+            lsq.append(v)
+        with m.If(lsq[-1]):
+            m.d.sync += loss.eq(loss + sq_sum)
+        loss_busy = lv1 | lv2.any() | lv3.any() | lv4.any() | lsq2 | _or_all(lsq)
         with m.If(lv2.any()):
             m.d.sync += mul_busy.eq(mul_busy + 1)
 
         # ---------------------------------------------------------------- update datapath
+        # One parameter per cycle through a pipeline of register stages; stage 0 is the cycle
+        # that puts the address p on the memories, stage t holds what stage t-1 computed:
+        #   1             the delta banks' and W's read data
+        #   2 .. 1+T      the sum over the banks (T = lane_sum_stages(B) adder-tree stages)
+        #   ST_SAT        D = sat(sum) and its overflow
+        #   ST_ABS        MAX: |D| (compared with dmax in this stage); UPD: Dn = D >> sh
+        #   ST_ABS+1      Dn * (recip | c_q) (a DSP48E1, its operand and product registered)
+        #   ST_ABS+2      maxnorm: ratio = round_shift(., 19); sgd: the product plus half
+        #   ST_ABS+3      maxnorm: ratio * lr_q (DSP48E1); sgd: the shift
+        #   ST_ABS+4      w - upd (upd: maxnorm round_shift(., 16), sgd the shifted product)
+        #   ST_ABS+5      w_new = sat(w - upd): written to W in this stage
         p = Signal(range(P + 1))
-        pv1 = Signal(); pmax1 = Signal(); pupd1 = Signal(); pp1 = Signal(range(P + 1))
         dmax = Signal(48)
-        shift = Signal(signed(8))          # sh = bitlength(m) - NORM_BITS
-        mn = Signal(NORM_BITS + 1)
+        blen = Signal(7)                   # bitlength(dmax)
+        shr = Signal(6)                    # max(sh, 0)
+        shl = Signal(5)                    # max(-sh, 0)
+        mn = Signal(NORM_BITS + 1)         # m normalised: 2**(NORM_BITS-1) <= mn < 2**NORM_BITS
+        mn3 = Signal(NORM_BITS + 3)        # 3 * mn, for the radix-4 divider
+        norm_i = Signal(range(NORM_CYCLES + 1))
         recip = Signal(2 * DIV_CYCLES)     # floor(2**RECIP_FRAC / mn) < 2**RECIP_BITS
         rem = Signal(NORM_BITS + 2)
         div_i = Signal(range(DIV_CYCLES + 1))
         max_pass = Signal()
         upd_pass = Signal()
-        d_total = Signal(signed(DELTA_BITS + 4))
-        m.d.comb += d_total.eq(sum(rp.data for rp in d_rd))
-        d_sat, d_ovf = saturate(d_total, fm.delta)
-        d_abs = Mux(d_sat < 0, -d_sat, d_sat)[:48]
+        ST_SAT = 2 + T
+        ST_ABS = ST_SAT + 1
+        ST_W = ST_ABS + 5
+        assert ST_ABS == MAX_PIPE + T and ST_W == UPDATE_PIPE + T
+        pv = [Signal(name=f"pv{t}") for t in range(ST_W + 1)]       # a parameter in stage t
+        pmax = [Signal(name=f"pmax{t}") for t in range(ST_W + 1)]   # ... of the MAX pass
+        pa = [Signal(range(P + 1), name=f"pa{t}") for t in range(ST_W + 1)]   # its address
+        pw = [Signal(wshape, name=f"pw{t}") for t in range(ST_W + 1)]        # its weight
+        m.d.comb += [pv[0].eq(max_pass | upd_pass), pmax[0].eq(max_pass), pa[0].eq(p),
+                     pw[1].eq(w_rd.data)]
+        for t in range(1, ST_W + 1):
+            m.d.sync += [pv[t].eq(pv[t - 1]), pmax[t].eq(pmax[t - 1]), pa[t].eq(pa[t - 1])]
+            if t >= 2:
+                m.d.sync += pw[t].eq(pw[t - 1])
+        pupd = [pv[t] & ~pmax[t] for t in range(ST_W + 1)]
+        update_busy = _or_all(pv[1:])
+        max_busy = _or_all(pmax[1:ST_ABS + 1])
+        d_total = _pipelined_sum(m, [rp.data for rp in d_rd], "d_sum")
+        d_sat = Signal(signed(fm.delta.bits)); d_ovf = Signal()
+        d_sat_v, d_ovf_v = saturate(d_total, fm.delta)
+        d_abs = Signal(fm.delta.bits)
         # Dn = D >> sh (floor) or D << -sh: -2**(NORM_BITS-1)*2 <= Dn < 2**NORM_BITS since |D| <= m
-        dn1 = Signal(signed(NORM_BITS + 1))
-        m.d.comb += dn1.eq(Mux(shift >= 0, d_sat >> shift.as_unsigned()[:6], d_sat << (-shift).as_unsigned()[:5]))
-        mult3 = Mux(update == UPDATE["maxnorm"], recip[:RECIP_BITS], sgd_cq)
-        uv2 = Signal(); up2 = Signal(range(P + 1)); dn2 = Signal.like(dn1); w2 = Signal(wshape)
-        uv3 = Signal(); up3 = Signal(range(P + 1)); prod_u3 = Signal(signed(len(dn1) + len(mult3) + 1)); w3 = Signal(wshape)
-        uv4 = Signal(); up4 = Signal(range(P + 1)); w4 = Signal(wshape)
+        dn2 = Signal(signed(NORM_BITS + 1))
+        mult = Signal(max(RECIP_BITS, NORM_BITS + 1))   # recip (maxnorm) or c_q (sgd)
+        prod_u3 = Signal(signed(len(dn2) + len(mult) + 1))
         # sgd: upd = round_shift(Dn * c_q, delta.frac + cs - weight.frac - sh).  A shift of at
         # least the product's width rounds every product to 0, so the shift is held clamped
         # to it.  The smallest shift (cs = SGD_CS_MIN, sh = delta.bits - NORM_BITS) is 3 for
@@ -487,28 +580,39 @@ class Engine(wiring.Component):
         sgd_shift_min = fm.delta.frac - fw + SGD_CS_MIN - (fm.delta.bits - NORM_BITS)
         sgd_shift = Signal(range(min(0, sgd_shift_min), sgd_shift_max + 1))
         left_max = max(0, -sgd_shift_min)
-        prod_u4 = Signal(signed(RATIO_FRAC + 2 + wshape.width + 1))
-        sgdupd4 = Signal(signed(len(prod_u3) + 1 + left_max))
-        ratio3 = round_shift(prod_u3, RECIP_FRAC - RATIO_FRAC)
-        sgd_right = round_shift_var(prod_u3, sgd_shift.as_unsigned()[:sgd_shift_max.bit_length()], sgd_shift_max)
+        sgd_r = Signal(range(sgd_shift_max + 1))           # max(shift, 0)
+        sgd_l = Signal(range(left_max + 1))                 # max(-shift, 0)
+        sgd_half = Signal(sgd_shift_max)                    # 2**(sgd_r - 1), 0 when sgd_r == 0
+        ratio = Signal(signed(RATIO_FRAC + 2))              # |ratio| <= 2**16 + 1
+        sgd_sum = Signal(signed(len(prod_u3) + 1))
+        prod_u4 = Signal(signed(len(ratio) + wshape.width + 1))
+        sgdupd4 = Signal(signed(len(sgd_sum) + left_max))
+        w_diff = Signal(signed(max(len(prod_u4) - RATIO_FRAC, len(sgdupd4), wshape.width) + 2))
+        w_new = Signal(wshape); w_ovf = Signal()
+        maxnorm = update == UPDATE["maxnorm"]
+        sgd_shifted = sgd_sum >> sgd_r
         if left_max:
-            sgd_upd3 = Mux(sgd_shift < 0, prod_u3 << (-sgd_shift).as_unsigned()[:left_max.bit_length()], sgd_right)
-        else:
-            sgd_upd3 = sgd_right
+            sgd_shifted = Mux(sgd_l != 0, sgd_sum << sgd_l, sgd_shifted)
+        upd = Mux(maxnorm, round_shift(prod_u4, RATIO_FRAC), sgdupd4)
+        a = ST_ABS
         m.d.sync += [
-            pv1.eq(max_pass | upd_pass), pmax1.eq(max_pass), pupd1.eq(upd_pass), pp1.eq(p),
-            uv2.eq(pupd1), up2.eq(pp1), dn2.eq(dn1), w2.eq(w_rd.data),
-            uv3.eq(uv2), up3.eq(up2), prod_u3.eq(dn2 * mult3), w3.eq(w2),
-            uv4.eq(uv3), up4.eq(up3), w4.eq(w3),
-            prod_u4.eq(ratio3[:RATIO_FRAC + 2].as_signed() * lr_q),   # |ratio| <= 2**16 + 1
-            sgdupd4.eq(sgd_upd3),
+            d_sat.eq(d_sat_v), d_ovf.eq(d_ovf_v),                                   # ST_SAT
+            d_abs.eq(Mux(d_sat < 0, -d_sat, d_sat)),                                # ST_ABS
+            dn2.eq(Mux(shl != 0, d_sat << shl, d_sat >> shr)),
+            mult.eq(Mux(maxnorm, recip[:RECIP_BITS], sgd_cq)),     # constant during UPD
+            prod_u3.eq(dn2 * mult),                                                 # a + 1
+            ratio.eq(round_shift(prod_u3, RECIP_FRAC - RATIO_FRAC)[:len(ratio)]),   # a + 2
+            sgd_sum.eq(prod_u3 + sgd_half),
+            prod_u4.eq(ratio * lr_q),                                               # a + 3
+            sgdupd4.eq(sgd_shifted),
+            w_diff.eq(pw[a + 3] - upd),                                             # a + 4
+            w_new.eq(saturate(w_diff, fm.weight)[0]),                               # a + 5
+            w_ovf.eq(saturate(w_diff, fm.weight)[1]),
         ]
-        upd4 = Mux(update == UPDATE["maxnorm"], round_shift(prod_u4, RATIO_FRAC), sgdupd4)
-        w_new4, w_ovf4 = saturate(w4 - upd4, fm.weight)
-        with m.If(pmax1 & (d_abs > dmax)):
+        with m.If(pmax[ST_ABS] & (d_abs > dmax)):
             m.d.sync += dmax.eq(d_abs)
-        flag_terms.append((pmax1 & d_ovf) << FLAGS["sat_delta"])
-        flag_terms.append((uv4 & w_ovf4) << FLAGS["sat_weight"])
+        flag_terms.append((pmax[ST_SAT] & d_ovf) << FLAGS["sat_delta"])
+        flag_terms.append((pupd[ST_W] & w_ovf) << FLAGS["sat_weight"])
 
         # delta bank ports: cleared at the start of every step, while the forward pass runs
         # (one address per cycle; the forward pass lasts at least n_params cycles, so the
@@ -539,8 +643,8 @@ class Engine(wiring.Component):
         o_col = woff & (orow - 1)
 
         # weight memory write port: host (idle) or update pass
-        with m.If(uv4):
-            m.d.comb += [w_wr.addr.eq(up4), w_wr.data.eq(w_new4), w_wr.en.eq(1)]
+        with m.If(pupd[ST_W]):
+            m.d.comb += [w_wr.addr.eq(pa[ST_W]), w_wr.data.eq(w_new), w_wr.en.eq(1)]
         with m.Elif(reg.w_en & ~busy & (win == W_WIN) & (woff < P)):
             m.d.comb += [w_wr.addr.eq(woff), w_wr.data.eq(reg.w_data), w_wr.en.eq(1)]
 
@@ -605,7 +709,7 @@ class Engine(wiring.Component):
                 with m.Else():
                     m.d.sync += lr.eq(lr + 1)
             with m.State("LOSS_DRAIN"):
-                with m.If(~(lv1 | lv2.any() | lv3.any() | lv4.any() | lsq2 | lsq3)):
+                with m.If(~loss_busy):
                     with m.If(update == UPDATE["none"]):
                         m.next = "DONE"
                     with m.Else():
@@ -617,40 +721,65 @@ class Engine(wiring.Component):
                 with m.If(p == P - 1):
                     m.next = "MAX_DRAIN"
             with m.State("MAX_DRAIN"):
-                with m.If(~pv1):
+                with m.If(~max_busy):
+                    m.d.sync += norm_i.eq(0)
                     m.next = "NORM"
             with m.State("NORM"):
-                # sh = bitlength(dmax) - NORM_BITS; mn = dmax normalised to NORM_BITS bits
-                bl = Signal(7)
-                for bit in range(48):
-                    with m.If(dmax[bit]):
-                        m.d.comb += bl.eq(bit + 1)
-                sh = (bl.as_signed() - NORM_BITS)
-                sgd_full = fm.delta.frac - fw + sgd_cs - sh
-                m.d.sync += [
-                    shift.eq(sh),
-                    mn.eq(Mux(sh >= 0, dmax >> sh.as_unsigned()[:6], dmax << (-sh).as_unsigned()[:5])),
-                    sgd_shift.eq(Mux(sgd_full > sgd_shift_max, sgd_shift_max, sgd_full)),
-                    # the quotient bits above 2 * DIV_CYCLES are 0: their remainder is the
-                    # dividend 2**RECIP_FRAC cut to its bits above them
-                    rem.eq(1 << (RECIP_FRAC - 2 * DIV_CYCLES)), recip.eq(0), div_i.eq(0), p.eq(0),
-                ]
-                with m.If(dmax == 0):
-                    m.next = "DONE"
-                with m.Elif(update == UPDATE["maxnorm"]):
-                    m.next = "DIV"
-                with m.Else():
-                    m.next = "UPD"
+                # NORM_CYCLES cycles, norm_i counting: 0 bitlength(dmax); 1 the shifts
+                # sh = bitlength - NORM_BITS and the sgd shift; 2 mn = dmax normalised to
+                # NORM_BITS bits and the sgd shift's parts; 3 3 * mn, the sgd rounding half
+                # and the divider's start
+                m.d.sync += norm_i.eq(norm_i + 1)
+                with m.Switch(norm_i):
+                    with m.Case(0):
+                        bl = Signal(7)
+                        for bit in range(len(dmax)):
+                            with m.If(dmax[bit]):
+                                m.d.comb += bl.eq(bit + 1)
+                        m.d.sync += blen.eq(bl)
+                    with m.Case(1):
+                        sh = blen.as_signed() - NORM_BITS
+                        sgd_full = (fm.delta.frac - fw + NORM_BITS) + sgd_cs - blen
+                        m.d.sync += [
+                            shr.eq(Mux(sh >= 0, sh, 0)), shl.eq(Mux(sh < 0, -sh, 0)),
+                            sgd_shift.eq(Mux(sgd_full > sgd_shift_max, sgd_shift_max, sgd_full)),
+                        ]
+                    with m.Case(2):
+                        m.d.sync += [
+                            mn.eq(Mux(shl != 0, dmax << shl, dmax >> shr)),
+                            sgd_r.eq(Mux(sgd_shift > 0, sgd_shift, 0)),
+                        ]
+                        if left_max:
+                            m.d.sync += sgd_l.eq(Mux(sgd_shift < 0, -sgd_shift, 0))
+                    with m.Case(NORM_CYCLES - 1):
+                        nb = max(1, sgd_shift_max.bit_length())
+                        m.d.sync += [
+                            mn3.eq(mn + (mn << 1)),
+                            sgd_half.eq(Mux(sgd_r == 0, 0, (Const(1, 1) << (sgd_r - 1).as_unsigned()[:nb])
+                                            [:sgd_shift_max])),
+                            # the quotient bits above 2 * DIV_CYCLES are 0: their remainder is
+                            # the dividend 2**RECIP_FRAC cut to its bits above them
+                            rem.eq(1 << (RECIP_FRAC - 2 * DIV_CYCLES)), recip.eq(0), div_i.eq(0),
+                            p.eq(0),
+                        ]
+                        with m.If(dmax == 0):
+                            m.next = "DONE"
+                        with m.Elif(update == UPDATE["maxnorm"]):
+                            m.next = "DIV"
+                        with m.Else():
+                            m.next = "UPD"
             with m.State("DIV"):
-                # restoring division of 2**RECIP_FRAC by mn, two quotient bits per cycle, the
-                # 2 * DIV_CYCLES low ones (the dividend's bits there are 0)
-                trial1 = Cat(Const(0, 1), rem)
-                q1 = trial1 >= mn
-                rem1 = Mux(q1, trial1 - mn, trial1)[:len(rem)]
-                trial2 = Cat(Const(0, 1), rem1)
-                q2 = trial2 >= mn
-                rem2 = Mux(q2, trial2 - mn, trial2)
-                m.d.sync += [rem.eq(rem2), recip.eq(Cat(q2, q1, recip)), div_i.eq(div_i + 1)]
+                # radix-4 restoring division of 2**RECIP_FRAC by mn, two quotient bits per
+                # cycle, the 2 * DIV_CYCLES low ones (the dividend's bits there are 0): the
+                # three trial remainders 4 * rem - q * mn (q = 1, 2, 3) in parallel, the
+                # largest q whose trial is not negative wins (rem < mn, so q <= 3)
+                trial = Cat(Const(0, 2), rem)
+                d1, d2, d3 = trial - mn, trial - (mn << 1), trial - mn3
+                ge1, ge2, ge3 = ~d1[-1], ~d2[-1], ~d3[-1]
+                rem_next = Mux(ge3, d3, Mux(ge2, d2, Mux(ge1, d1, trial)))[:len(rem)]
+                q_hi = ge2
+                q_lo = ge3 | (ge1 & ~ge2)
+                m.d.sync += [rem.eq(rem_next), recip.eq(Cat(q_lo, q_hi, recip)), div_i.eq(div_i + 1)]
                 with m.If(div_i == DIV_CYCLES - 1):
                     m.next = "UPD"
             with m.State("UPD"):
@@ -659,7 +788,7 @@ class Engine(wiring.Component):
                 with m.If(p == P - 1):
                     m.next = "UPD_DRAIN"
             with m.State("UPD_DRAIN"):
-                with m.If(~(pv1 | uv2 | uv3 | uv4)):
+                with m.If(~update_busy):
                     m.next = "DONE"
             with m.State("DONE"):
                 m.d.sync += [busy.eq(0), done.eq(1)]
@@ -735,7 +864,11 @@ class Engine(wiring.Component):
         with m.If(~reg.r_en):
             m.d.sync += rerr.eq(0)
         flag_terms.append(refused << FLAGS["bus_error"])
-        m.d.comb += set_flags.eq(_or_all(flag_terms))
+        # every flag event is registered where it arises (one cycle late into FLAGS), so no
+        # path runs from a lane's datapath through the OR over the lanes into FLAGS
+        flag_q = [Signal(len(FLAGS), name=f"flag_ev{n}") for n in range(len(flag_terms))]
+        m.d.sync += [q.eq(t) for q, t in zip(flag_q, flag_terms)]
+        m.d.comb += set_flags.eq(_or_all(flag_q))
         samples_data = Array([smem_rd[s].data for s in range(B)])[rrow]
         outputs_data = Array([vmem_rd[s].data for s in range(B)])[rrow]
         read_data = {0: rdata, W_WIN: w_rd.data.as_signed(), S_WIN: samples_data, O_WIN: outputs_data}

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from amaranth.hdl import Const, Mux, signed
 
-__all__ = ["round_shift", "saturate", "round_shift_var"]
+__all__ = ["round_shift", "saturate", "round_shift_var", "tree_sum", "tree_levels", "round_shift_saturate"]
 
 
 def round_shift(x, s: int):
@@ -30,9 +30,99 @@ def round_shift_var(x, s, max_shift: int):
 
 
 def saturate(x, fmt):
-    """Clamp signed ``x`` to ``fmt`` (a FixedFormat). Returns ``(value, overflow)``."""
+    """Clamp signed ``x`` to ``fmt`` (a FixedFormat). Returns ``(value, overflow)``.
+
+    For a signed ``x`` and the two's-complement range of ``fmt`` (``-2**(bits-1)`` ..
+    ``2**(bits-1) - 1``) the overflow test looks at the bits alone: ``x`` fits when its bits
+    from ``bits - 1`` up all equal its sign (a few LUT levels, where the two compares with the
+    bounds are two carry chains).
+    """
     hi, lo = fmt.max_int, fmt.min_int
-    over = x > hi
-    under = x < lo
+    n = fmt.bits
+    shape = x.shape()
+    if shape.signed and hi == (1 << (n - 1)) - 1 and lo == -(1 << (n - 1)):
+        w = shape.width
+        if w <= n:                      # every value fits
+            return x.as_signed(), Const(0, 1)
+        sign = x[w - 1]
+        upper = x[n - 1:w - 1]          # the bits that must equal the sign
+        over = ~sign & upper.any()
+        under = sign & ~upper.all()
+    else:
+        over = x > hi
+        under = x < lo
     value = Mux(over, Const(hi, signed(fmt.bits)), Mux(under, Const(lo, signed(fmt.bits)), x[:fmt.bits].as_signed()))
+    return value, over | under
+
+
+def tree_levels(n: int) -> int:
+    """Adder levels of :func:`tree_sum` over ``n`` terms: ``ceil(log2(n))`` (0 for one term)."""
+    if n < 1:
+        raise ValueError(f"a sum needs at least one term, not {n}")
+    return (n - 1).bit_length()
+
+
+def tree_sum(terms, levels: int | None = None):
+    """Sum ``terms`` as a balanced binary tree of two-input adders.
+
+    Python's ``sum`` builds a chain of ``n - 1`` adders, one behind the other; the tree has
+    :func:`tree_levels` levels instead.
+
+    Parameters
+    ----------
+    terms : list of Amaranth values
+        The addends (signed or unsigned; each level widens by one bit).
+    levels : int, optional
+        Stop after this many levels and return the partial sums (a list); by default the
+        whole tree is built and the one sum is returned.
+
+    Returns
+    -------
+    Value or list of Value
+        The sum, or with ``levels`` the list of ``ceil(n / 2**levels)`` partial sums whose
+        sum is the sum of ``terms``.
+    """
+    terms = list(terms)
+    if not terms:
+        raise ValueError("a sum needs at least one term")
+    done = 0
+    while len(terms) > 1 and (levels is None or done < levels):
+        # pair neighbours; an odd one out waits for the next level
+        terms = [terms[n] + terms[n + 1] if n + 1 < len(terms) else terms[n]
+                 for n in range(0, len(terms), 2)]
+        done += 1
+    return terms[0] if levels is None else terms
+
+
+def round_shift_saturate(x, s: int, fmt):
+    """``saturate(round_shift(x, s), fmt)`` with a short carry chain: ``(value, overflow)``.
+
+    With ``h = x >> s`` (floor) and ``c = x[s-1]``, ``round_shift(x, s) = h + c``.  The
+    overflow is decided on ``h``'s bits alone (``h`` out of range, or ``h`` one step outside
+    it that ``c`` does not bring back), in parallel with the ``fmt.bits``-wide increment
+    ``h + c`` that gives the value, instead of a full-width add followed by the test.  Falls
+    back to the plain expression for ``s <= 0``, an unsigned ``x`` or a format whose range is
+    not two's complement.
+    """
+    hi, lo = fmt.max_int, fmt.min_int
+    n = fmt.bits
+    shape = x.shape()
+    w = shape.width
+    if s <= 0 or not shape.signed or hi != (1 << (n - 1)) - 1 or lo != -(1 << (n - 1)) \
+            or w - s <= n:
+        return saturate(round_shift(x, s), fmt)
+    h = x[s:]                                  # w - s bits, two's complement
+    c = x[s - 1]
+    sign = h[-1]
+    upper = h[n - 1:-1]                        # must equal the sign for h to fit
+    low = h[:n - 1]
+    h_over = ~sign & upper.any()               # h > max
+    h_under = sign & ~upper.all()              # h < min
+    h_max = ~sign & ~upper.any() & low.all()   # h == max: c pushes it over
+    h_below = sign & ~h[n - 1] & h[n:-1].all() & low.all() if w - s > n + 1 else \
+        sign & ~h[n - 1] & low.all()           # h == min - 1: c brings it back to min
+    over = h_over | (h_max & c)
+    under = h_under & ~(h_below & c)
+    inc = (h[:n] + c)[:n].as_signed()
+    value = Mux(over, Const(hi, signed(n)), Mux(under, Const(lo, signed(n)), inc))
     return value, over | under

@@ -34,13 +34,14 @@ from dpfm.reference.activations import ACT_CODES
 from dpfm.reference.mlp import lr_quantize, sgd_scale
 from dpfm.rtl.activation import PIPELINE_STAGES as ACT_LATENCY
 from dpfm.rtl.dual_scale import PIPELINE_STAGES as SCALE_LATENCY
-from dpfm.rtl.engine import AFIFO_LATENCY, DIV_CYCLES, ISSUE_DEPTH, UPDATE_PIPE  # the pipeline's constants
+from dpfm.rtl.engine import (AFIFO_LATENCY, DIV_CYCLES, ISSUE_DEPTH, LOSS_PIPE, MAX_PIPE,  # the pipeline's constants
+                             NORM_CYCLES, UPDATE_PIPE, lane_sum_stages)
 from dpfm.rtl.regmap import FLAGS
 
 __all__ = [
     "CONFIG_ENV", "FSM_ENV", "STREAMS", "StepCase", "step_case", "sample_batch",
     "expected_streams", "expected_flags", "step_counts", "phase_cycles", "step_cycles",
-    "loss_drain_cycles", "layer_cycles", "merger_latency", "dual_scale_ii", "candidates_per_list",
+    "loss_drain_cycles", "loss_drain_bound", "layer_cycles", "merger_latency", "dual_scale_ii", "candidates_per_list",
     "stream_layouts", "unpack", "normalise_payload", "payload_matches", "config_from_env",
 ]
 
@@ -289,30 +290,41 @@ def layer_cycles(config: Config, layer: int) -> tuple[int, int]:
     return fwd, wait
 
 
+def loss_drain_bound(config: Config) -> int:
+    """The most cycles LOSS_DRAIN can take: ``1 + max(4, LOSS_PIPE + T - (k - 1))`` with ``T =
+    lane_sum_stages(batch)``: a delta-bank add by the last issue keeps the pipeline busy 4
+    cycles, the sum of squares of the last output's register slot 0 (``k - 1`` issues before
+    the last) ``LOSS_PIPE + T``.  5 for the seed net at batch 5..16 and k >= 2."""
+    return 1 + max(4, LOSS_PIPE + lane_sum_stages(config.batch) - (config.k - 1))
+
+
 def loss_drain_cycles(case: StepCase) -> int:
-    """Cycles of LOSS_DRAIN (2..5): until the loss/delta pipeline is empty.
+    """Cycles of LOSS_DRAIN (2 .. :func:`loss_drain_bound`): until the loss/delta pipeline
+    is empty.
 
     The pass issues ``(output, register slot)`` in order, one per cycle, every lane at once;
-    the last four issues decide: issue ``t`` from the end (``t = 0`` last) keeps the pipeline
+    the last few issues decide: issue ``t`` from the end (``t = 0`` last) keeps the pipeline
     busy ``4 - t`` drain cycles when it adds to a delta bank (some active lane holds a
-    non-empty register there, update not ``none``), ``3 - t`` when it only adds to the loss
-    (register slot 0).
+    non-empty register there, update not ``none``), ``LOSS_PIPE + T - t`` when it adds to
+    the loss (register slot 0; ``T = lane_sum_stages(batch)`` stages of the sum over the
+    lanes).
     """
     cfg = case.config
     n_out, K = cfg.n_out, cfg.k
     gv = case.trace.forward.grad_val[:case.batch_n]
+    loss_pipe = LOSS_PIPE + lane_sum_stages(cfg.batch)
     busy = 1
     order = [(o, r) for o in range(n_out) for r in range(K)][::-1]
-    for t, (o, r) in enumerate(order[:4]):
+    for t, (o, r) in enumerate(order[:max(4, loss_pipe)]):
         delta = case.update != "none" and r < gv.shape[2] and bool(np.any(gv[:, o, r] != 0))
         if delta:
             busy = max(busy, 4 - t)
-        elif r == 0:
-            busy = max(busy, 3 - t)
+        if r == 0:
+            busy = max(busy, loss_pipe - t)
     return 1 + busy
 
 
-def phase_cycles(config: Config, *, update: str = "maxnorm", loss_drain: int = 5,
+def phase_cycles(config: Config, *, update: str = "maxnorm", loss_drain: int | None = None,
                  delta_zero: bool = False) -> dict:
     """Cycles per FSM state of one step, as derived in docs/engine.md.
 
@@ -320,7 +332,8 @@ def phase_cycles(config: Config, *, update: str = "maxnorm", loss_drain: int = 5
     ----------
     update : "sgd", "maxnorm" or "none".
     loss_drain : int
-        Cycles of LOSS_DRAIN (:func:`loss_drain_cycles`; 5, the bound, by default).
+        Cycles of LOSS_DRAIN (:func:`loss_drain_cycles`; by default the bound,
+        :func:`loss_drain_bound`).
     delta_zero : bool
         Every delta is 0: the step ends after NORM without an update pass.
 
@@ -330,6 +343,9 @@ def phase_cycles(config: Config, *, update: str = "maxnorm", loss_drain: int = 5
         ``{state: cycles}``; :func:`step_cycles` sums them into the CYCLES register.
     """
     B, K, P, L = config.batch, config.k, config.n_params, config.n_layers
+    T = lane_sum_stages(B)
+    if loss_drain is None:
+        loss_drain = loss_drain_bound(config)
     fwd = wait = 0
     for l in range(L):
         f, w = layer_cycles(config, l)
@@ -337,11 +353,12 @@ def phase_cycles(config: Config, *, update: str = "maxnorm", loss_drain: int = 5
         wait += w
     phases = {"FWD": fwd, "FWD_WAIT": wait, "LOSS": config.n_out * K, "LOSS_DRAIN": loss_drain}
     if update != "none":
-        phases.update({"MAX": P, "MAX_DRAIN": 2, "NORM": 1})
+        # MAX_DRAIN: the MAX pipeline (T stages of the sum over the banks) empties
+        phases.update({"MAX": P, "MAX_DRAIN": 1 + MAX_PIPE + T, "NORM": NORM_CYCLES})
         if not delta_zero:
             if update == "maxnorm":
                 phases["DIV"] = DIV_CYCLES      # two quotient bits per cycle, RECIP_BITS of them
-            phases.update({"UPD": P, "UPD_DRAIN": 1 + UPDATE_PIPE})
+            phases.update({"UPD": P, "UPD_DRAIN": 1 + UPDATE_PIPE + T})
     phases["DONE"] = 1
     return phases
 
