@@ -270,8 +270,12 @@ def layer_cycles(config: Config, layer: int) -> tuple[int, int]:
       (``L_m >= 2``);
       ``o_0 = C_l + ISSUE_DEPTH - 1``.
 
-    FWD ends with the last issue (``o_last - ISSUE_DEPTH``); FWD_WAIT lasts until the last
-    output is written back plus one cycle to see the count complete.
+    FWD ends with the last issue (``o_last - ISSUE_DEPTH``), except when the last list's wait
+    for the one before it (``load_{J-1} - (h_{J-1} + L_m - 1)`` cycles, ``L_m >= 2``) stalls
+    a candidate that reaches the merger after the FSM has issued the list's last slot
+    (``C_l - (L_m - 1) <= ISSUE_DEPTH - 1``): then FWD is over that much earlier and FWD_WAIT
+    that much longer.  FWD_WAIT lasts until the last output is written back plus one cycle to
+    see the count complete.
     """
     C = candidates_per_list(config, layer)
     C_ds = dual_scale_ii(config)
@@ -281,11 +285,14 @@ def layer_cycles(config: Config, layer: int) -> tuple[int, int]:
     for j in range(config.net[layer + 1]):
         if j:
             o = h + C if L_m == 1 else load + C - (L_m - 1)
+        stall = 0 if j == 0 else load - (h + L_m - 1)   # list j's wait for list j-1 to leave
         h = o if t is None or L_m > 1 else max(o, t)
         load = h + L_m - 1 if t is None else max(h + L_m - 1, t)
         s = max(o + ACT_LATENCY + AFIFO_LATENCY, load + 1)
         t = s + C_ds - 1
     fwd = o - ISSUE_DEPTH + 1
+    if L_m > 1 and stall > 0 and C - (L_m - 1) <= ISSUE_DEPTH - 1:
+        fwd -= stall        # the last list's stall began after its last issue: FWD was over
     wait = t + SCALE_LATENCY + 2 - fwd
     return fwd, wait
 
