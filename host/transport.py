@@ -15,10 +15,12 @@ import abc
 import time
 from collections.abc import Sequence
 
+import numpy as np
+
 from dpfm.rtl.protocol import START_WORD
 from dpfm.rtl.regmap import STATUS, STATUS_ERROR_SHIFT, Resp, register_map
 
-__all__ = ["Transport", "TransportError", "BusError", "TransportTimeout", "TransportUnavailable",
+__all__ = ["Transport", "RunBuffer", "TransportError", "BusError", "TransportTimeout", "TransportUnavailable",
            "HardwareMismatch",
            "BUSY_MASK", "READY_MASK", "sign_extend"]
 
@@ -87,6 +89,45 @@ class HardwareMismatch(TransportError, ValueError):
     and the found identity).  A ValueError too, as :class:`TransportUnavailable`."""
 
 
+class RunBuffer:
+    """Memory the engine reads and writes over its AXI4 master in run mode.
+
+    Members
+    -------
+    words : numpy.ndarray
+        The buffer as uint32 words (writable; the host's view of it).
+    address : int
+        Bus address of ``words[0]`` as the engine's master sees it (a multiple of 4096).
+
+    A transport returns a subclass from :meth:`Transport.allocate`; this base keeps a plain
+    numpy array, for models whose memory is the host's own.
+    """
+
+    def __init__(self, words: np.ndarray, address: int):
+        self.words = words
+        self.address = int(address)
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.words.nbytes)
+
+    def flush(self) -> None:
+        """Make the host's writes visible to the engine (the board flushes its data cache)."""
+
+    def invalidate(self) -> None:
+        """Make the engine's writes visible to the host (the board invalidates its cache)."""
+
+    def close(self) -> None:
+        """Release the memory; idempotent."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+
 class Transport(abc.ABC):
     """32-bit register access to one engine.
 
@@ -109,16 +150,24 @@ class Transport(abc.ABC):
         code); the trainer then relies on the engine's sticky ``bus_error`` flag.
     counts_cycles : bool
         True when the engine's CYCLES, MUL_BUSY and MERGE_BUSY registers count clock cycles.
+    supports_run : bool
+        True when the engine behind it has run mode (an AXI4 master reaching memory the host
+        can :meth:`allocate`); :class:`dpfm.host.Trainer` then trains whole runs with it.
+    bus_accesses : int
+        32-bit register accesses made so far (reads and writes, STATUS polls included),
+        counted by every transport the same way.
     """
 
     name = "abstract"
     reports_bus_errors = True
     counts_cycles = True
+    supports_run = False
 
     def __init__(self, config):
         self.config = config
         self.regmap = register_map(config)
         self._closed = False
+        self.bus_accesses = 0
 
     # -- the two primitives --------------------------------------------------------------
     @abc.abstractmethod
@@ -161,6 +210,19 @@ class Transport(abc.ABC):
         """
         self.write(self.regmap["CTRL"].offset, START_WORD)
         return self.wait_idle(timeout, ready_mask=READY_MASK)
+
+    # -- run mode ----------------------------------------------------------------------------
+    def allocate(self, nwords: int) -> RunBuffer:
+        """A buffer of ``nwords`` uint32 words that the engine's AXI4 master reaches, at an
+        address that is a multiple of 4096.  :class:`TransportUnavailable` when the transport
+        has no run mode or the memory cannot be had."""
+        raise TransportUnavailable(f"{self.name}: this transport has no run mode")
+
+    def poll_run(self, poll_s: float = 0.2) -> int:
+        """Let a started run go on for about ``poll_s`` seconds (or until it ends), then
+        read RUN_STATUS once and return it."""
+        time.sleep(poll_s)
+        return self.read(self.regmap["RUN_STATUS"].offset)
 
     def reset(self) -> None:
         """Return the engine to its state after power-up, where the transport can."""

@@ -18,14 +18,15 @@ from enum import IntEnum
 from dpfm.reference.mlp import NORM_BITS, SGD_CS_MAX, SGD_CS_MIN
 
 __all__ = ["Register", "Window", "RegisterMap", "register_map", "ID_MAGIC", "ADDR_BITS",
-           "WINDOW_BITS", "CTRL", "STATUS", "FLAGS", "ERR_ADDR_WRITE", "UPDATE", "StartError", "ERRORS", "Resp"]
+           "WINDOW_BITS", "CTRL", "STATUS", "FLAGS", "ERR_ADDR_WRITE", "UPDATE", "StartError", "ERRORS", "Resp",
+           "RUN_STATUS", "RUN_OPTS", "RunError", "RUN_ERRORS", "SAT_FLAGS"]
 
 ID_MAGIC = 0x4450464D          # "DPFM"
 ADDR_BITS = 18                 # 256 KiB of address space
 WINDOW_BITS = 16               # a window spans 2**16 bytes: word address bits [14:16] pick it
 
-# CTRL bits (write 1)
-CTRL = {"start": 0, "clear_flags": 1}
+# CTRL bits (write 1): a step, clear FLAGS, a run (run mode), stop the run at the next epoch end
+CTRL = {"start": 0, "clear_flags": 1, "run": 2, "stop": 3}
 # STATUS bits
 STATUS = {"busy": 0, "done": 1}
 STATUS_ERROR_SHIFT = 8        # STATUS[15:8]: error code of the last refused start
@@ -33,6 +34,13 @@ STATUS_ERROR_SHIFT = 8        # STATUS[15:8]: error code of the last refused sta
 ERR_ADDR_WRITE = 1 << 31
 # sticky FLAGS bits (cleared by CTRL.clear_flags; a flag raised in the clearing cycle stays)
 FLAGS = {"sat_value": 0, "sat_grad": 1, "sat_delta": 2, "sat_weight": 3, "bus_error": 4}
+#: The saturation flags (the run sequencer counts and clears these after every step; it
+#: leaves bus_error to the host).
+SAT_FLAGS = ("sat_value", "sat_grad", "sat_delta", "sat_weight")
+# RUN_STATUS bits and fields
+RUN_STATUS = {"running": 0, "done": 1, "stopped": 2, "error_shift": 8, "epoch_shift": 16}
+# RUN_OPTS bits
+RUN_OPTS = {"classify": 0}
 # UPDATE register values
 UPDATE = {"sgd": 0, "maxnorm": 1, "none": 2}
 
@@ -54,6 +62,36 @@ ERRORS = {
     StartError.LR_ZERO: "maxnorm learning rate is 0",
     StartError.BUSY: "start while busy",
     StartError.SGD_SCALE_ZERO: "sgd scale is 0",
+}
+
+
+class RunError(IntEnum):
+    """Why a run (CTRL.run) ended early: the code in RUN_STATUS[15:8] (0 = none).
+
+    Codes 1..5 are the :class:`StartError` of a step the engine refused inside the run.
+    """
+    NONE = 0
+    BATCH_N = 1
+    UPDATE = 2
+    LR_ZERO = 3
+    BUSY = 4               #: CTRL.run while a step or a run is going on
+    SGD_SCALE_ZERO = 5
+    MISALIGNED = 16        #: a RUN_*_ADDR is not a multiple of 4096
+    ADDRESS = 17           #: an access would run past the 32-bit address space
+    MEM_SLVERR = 18        #: the memory answered SLVERR (address in RUN_ERR_ADDR)
+    MEM_DECERR = 19        #: the memory answered DECERR (address in RUN_ERR_ADDR)
+    BAD_INDEX = 20         #: a batch-order entry is not below RUN_TRAIN_N
+
+
+#: Run error code -> what the host reports.
+RUN_ERRORS = {
+    **{RunError(int(code)): f"a step was refused: {text}" for code, text in ERRORS.items()},
+    RunError.BUSY: "run started while a step or a run is going on",
+    RunError.MISALIGNED: "a run buffer address is not a multiple of 4096 bytes",
+    RunError.ADDRESS: "the run buffer runs past the end of the 32-bit address space",
+    RunError.MEM_SLVERR: "the memory answered SLVERR",
+    RunError.MEM_DECERR: "the memory answered DECERR (no memory at that address)",
+    RunError.BAD_INDEX: "a batch-order entry is not a training sample's index",
 }
 
 
@@ -144,7 +182,9 @@ class RegisterMap:
         return {"addr_bits": self.addr_bits, "registers": [asdict(r) for r in self.registers],
                 "windows": [asdict(w) for w in self.windows], "ctrl": CTRL, "status": STATUS,
                 "flags": FLAGS, "update": UPDATE,
-                "errors": {int(code): text for code, text in ERRORS.items()}}
+                "errors": {int(code): text for code, text in ERRORS.items()},
+                "run_status": RUN_STATUS, "run_opts": RUN_OPTS,
+                "run_errors": {int(code): text for code, text in RUN_ERRORS.items()}}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=1)
@@ -167,7 +207,8 @@ def register_map(config) -> RegisterMap:
     regs = (
         Register("ID", 0x000, "ro", "0x4450464D ('DPFM')"),
         Register("CONFIG_HASH", 0x004, "ro", "Config.hash of the configuration built"),
-        Register("CTRL", 0x008, "wo", "bit 0 start a step, bit 1 clear FLAGS"),
+        Register("CTRL", 0x008, "wo", "bit 0 start a step, bit 1 clear FLAGS, bit 2 start a run, "
+                 "bit 3 stop the run after the current epoch"),
         Register("STATUS", 0x00C, "ro", "bit 0 busy, bit 1 done; [15:8] error code of the last refused start"),
         Register("FLAGS", 0x010, "ro", "sticky (a flag raised in the cycle of a clear stays): bit 0..3 saturation of value/grad/delta/weight, bit 4 bus error"),
         Register("CYCLES", 0x014, "ro", "clock cycles of the last step"),
@@ -190,6 +231,26 @@ def register_map(config) -> RegisterMap:
         Register("BATCH", 0x044, "ro", "configured batch (sample lanes)"),
         Register("ERR_ADDR", 0x048, "ro", "the first access refused since FLAGS were cleared "
                  "(valid while FLAGS.bus_error): byte offset, bit 31 set for a write"),
+        # run mode (docs/engine.md "Run mode"): the corpus, batch order, log and weight
+        # snapshots in one memory buffer that the engine reads and writes over its AXI4 master
+        Register("RUN_TRAIN_ADDR", 0x04C, "rw", "run: bus address of the training rows (multiple of 4096)"),
+        Register("RUN_VAL_ADDR", 0x050, "rw", "run: bus address of the validation rows (multiple of 4096)"),
+        Register("RUN_PERM_ADDR", 0x054, "rw", "run: bus address of the batch order (multiple of 4096)"),
+        Register("RUN_LOG_ADDR", 0x058, "rw", "run: bus address of the epoch log (multiple of 4096)"),
+        Register("RUN_SNAP_ADDR", 0x05C, "rw", "run: bus address of the weight snapshots (multiple of 4096)"),
+        Register("RUN_TRAIN_N", 0x060, "rw", "run: training samples", bits=24, min_value=1, reset=1),
+        Register("RUN_VAL_N", 0x064, "rw", "run: validation samples (0: none)", bits=24),
+        Register("RUN_EPOCHS", 0x068, "rw", "run: epochs", bits=16),
+        Register("RUN_OPTS", 0x06C, "rw", "run: bit 0 count the validation hits (argmax)", bits=1),
+        Register("SGD_CQ_LAST", 0x070, "rw", "run, sgd: SGD_CQ of the epoch's last, smaller batch",
+                 bits=NORM_BITS + 1),
+        Register("SGD_CS_LAST", 0x074, "rw", "run, sgd: SGD_CS of the epoch's last, smaller batch",
+                 bits=SGD_CS_MAX.bit_length(), min_value=SGD_CS_MIN, reset=SGD_CS_MIN),
+        Register("RUN_STATUS", 0x078, "ro", "bit 0 running, bit 1 done, bit 2 stopped; [15:8] "
+                 "run error code; [31:16] epochs finished"),
+        Register("RUN_CYCLES_LO", 0x07C, "ro", "clock cycles of the run, bits 31..0"),
+        Register("RUN_CYCLES_HI", 0x080, "ro", "same, bits 63..32"),
+        Register("RUN_ERR_ADDR", 0x084, "ro", "run: the bus address of the memory access that failed"),
     )
     n_in, n_out = config.net[0], config.net[-1]
     srow = 1 << (n_in + n_out - 1).bit_length()
