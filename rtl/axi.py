@@ -14,7 +14,13 @@ from amaranth.lib.wiring import In, Out
 
 from dpfm.rtl.regmap import Resp
 
-__all__ = ["AXI4LiteSignature", "RegisterPort", "AXI4LiteSlave"]
+__all__ = ["AXI4LiteSignature", "AXI4Signature", "RegisterPort", "AXI4LiteSlave", "BURST_INCR",
+           "AXCACHE_MODIFIABLE"]
+
+#: AxBURST of an incrementing burst.
+BURST_INCR = 0b01
+#: AxCACHE of a normal, non-cacheable, bufferable access (what the Zynq's HP ports expect).
+AXCACHE_MODIFIABLE = 0b0011
 
 
 class AXI4LiteSignature(wiring.Signature):
@@ -39,6 +45,41 @@ class AXI4LiteSignature(wiring.Signature):
             "bresp": In(2), "bvalid": In(1), "bready": Out(1),
             "araddr": Out(addr_width), "arprot": Out(3), "arvalid": Out(1), "arready": In(1),
             "rdata": In(data_width), "rresp": In(2), "rvalid": In(1), "rready": Out(1),
+        })
+
+
+class AXI4Signature(wiring.Signature):
+    """AXI4 (full), seen from the master, without IDs, locks, QoS or user signals.
+
+    Members are named as in the AXI specification (``awaddr`` ... ``rready``), so an
+    ``m_axi: Out(AXI4Signature(...))`` member becomes Verilog ports ``m_axi__awaddr`` etc.
+    that cocotbext-axi's ``AxiBus.from_prefix(dut, "m_axi", bus_separator="__")`` and
+    Vivado's interface inference (``boards/wrapper.py``) see.  Bursts: AxLEN 0..255 (beats
+    minus one), AxSIZE 2 (4 bytes), AxBURST INCR.
+
+    Parameters
+    ----------
+    addr_width : int
+        Byte-address width (32 for the Zynq's HP ports).
+    data_width : int
+        32 (the only width this project uses).
+    """
+
+    def __init__(self, *, addr_width=32, data_width=32):
+        if data_width != 32:
+            raise ValueError(f"data_width must be 32, not {data_width}")
+        self.addr_width = addr_width
+        self.data_width = data_width
+        a = {"addr": Out(addr_width), "len": Out(8), "size": Out(3), "burst": Out(2),
+             "cache": Out(4), "prot": Out(3), "valid": Out(1), "ready": In(1)}
+        super().__init__({
+            **{f"aw{k}": v for k, v in a.items()},
+            "wdata": Out(data_width), "wstrb": Out(data_width // 8), "wlast": Out(1),
+            "wvalid": Out(1), "wready": In(1),
+            "bresp": In(2), "bvalid": In(1), "bready": Out(1),
+            **{f"ar{k}": v for k, v in a.items()},
+            "rdata": In(data_width), "rresp": In(2), "rlast": In(1), "rvalid": In(1),
+            "rready": Out(1),
         })
 
 
