@@ -167,7 +167,16 @@ class Transport(abc.ABC):
         self.config = config
         self.regmap = register_map(config)
         self._closed = False
-        self.bus_accesses = 0
+        self._bus_accesses = 0
+
+    @property
+    def bus_accesses(self) -> int:
+        """32-bit register accesses made so far (see the class docstring)."""
+        return self._bus_accesses
+
+    @bus_accesses.setter
+    def bus_accesses(self, value: int) -> None:
+        self._bus_accesses = int(value)
 
     # -- the two primitives --------------------------------------------------------------
     @abc.abstractmethod

@@ -39,10 +39,12 @@ import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import numpy as np
+
 from dpfm.rtl.protocol import START_WORD
 
-from .transport import (BUSY_MASK, READY_MASK, BusError, Transport, TransportError,
-                        TransportTimeout)
+from .transport import (BUSY_MASK, READY_MASK, BusError, RunBuffer, Transport, TransportError,
+                        TransportTimeout, TransportUnavailable)
 
 __all__ = ["VerilatorTransport", "HarnessBuild", "build_harness", "source_digest", "HARNESS_CPP",
            "TOP_NAME", "WRAPPER_NAME", "wrapper_verilog"]
@@ -193,7 +195,8 @@ def build_harness(config, *, factory: Callable | None = None, name: str = "engin
         found = _built(directory, waves)
         if found is None:
             found = _compile(directory, config, text, verilog_s, t0, waves=waves, cxx_opt=cxx_opt,
-                             cxx_flags=cxx_flags, verilator_args=verilator_args, jobs=jobs)
+                             cxx_flags=cxx_flags, verilator_args=verilator_args, jobs=jobs,
+                             run_mode="m_axi" in component.signature.members)
     alias.parent.mkdir(parents=True, exist_ok=True)
     tmp = alias.with_suffix(f".{os.getpid()}.tmp")
     tmp.write_text(directory.name + "\n")
@@ -238,7 +241,7 @@ def _built(directory: Path, waves: bool) -> HarnessBuild | None:
 
 
 def _compile(directory, config, text, verilog_s, t0, *, waves, cxx_opt, cxx_flags,
-             verilator_args, jobs) -> HarnessBuild:
+             verilator_args, jobs, run_mode=False) -> HarnessBuild:
     from dpfm.toolchain import DEFAULT_BUILD_ARGS, VERILATED_MK_FIXES, ensure_verilator_env
 
     library, stamp = directory / _LIB_NAME, directory / "build.json"
@@ -259,6 +262,8 @@ def _compile(directory, config, text, verilog_s, t0, *, waves, cxx_opt, cxx_flag
            *(arg for fix in VERILATED_MK_FIXES for arg in ("-MAKEFLAGS", fix))]
     if waves:
         cmd += ["--trace-fst", "--trace-structs", "-CFLAGS", "-DDPFM_TRACE"]
+    if run_mode:            # the engine has the run-mode master: the harness is its memory
+        cmd += ["-CFLAGS", "-DDPFM_RUN_MODE"]
     for flag in cxx_flags:
         cmd += ["-CFLAGS", flag]
     cmd += [*verilator_args, f"{TOP_NAME}.v", "harness.cpp"]
@@ -303,12 +308,31 @@ def _load(path: Path):
         "dpfm_axil_read_many": (ctypes.c_int, [P, pU32, pU32, ctypes.c_int, pI]),
         "dpfm_run_until_idle": (I64, [P, U32, U32, U32, U64, pU32]),
         "dpfm_start_and_wait": (I64, [P, U32, U32, U32, U32, U32, U64, pU32]),
+        "dpfm_bus_accesses": (U64, [P]),
+        "dpfm_run_mode_supported": (ctypes.c_int, []),
+        "dpfm_mem_attach": (ctypes.c_int, [P, pU32, U64, U64]),
+        "dpfm_mem_config": (ctypes.c_int, [P, U32, U32, U32, U32, U64]),
+        "dpfm_mem_counts": (None, [P, ctypes.POINTER(U64), ctypes.POINTER(U64)]),
     }
     for fname, (res, args) in sigs.items():
         fn = getattr(lib, fname)
         fn.restype, fn.argtypes = res, args
     _LIBRARIES[path] = lib
     return lib
+
+
+class _AttachedBuffer(RunBuffer):
+    """The host's numpy buffer, served by the harness's simulated memory."""
+
+    def __init__(self, transport, words, address):
+        super().__init__(words, address)
+        self._transport = transport
+
+    def close(self) -> None:
+        t = self._transport
+        if t is not None and t._buffer is self and not t._closed:
+            t._attach(None)
+        self._transport = None
 
 
 class VerilatorTransport(Transport):
@@ -358,7 +382,75 @@ class VerilatorTransport(Transport):
         #: Cycles spent inside :meth:`run_step` (the CTRL write, the step, the polling); the
         #: rest of :attr:`total_cycles` is bus traffic (samples, registers, results).
         self.step_cycles = 0
+        self._buffer = None
+        self._poll_cycles = 1 << 16       # cycles per poll_run, adapted to the simulation speed
         self.reset()
+
+    # -- run mode ---------------------------------------------------------------------------
+    #: Bus address at which :meth:`allocate` places its buffer (a multiple of 4096).
+    MEMORY_BASE = 0x1000_0000
+
+    @property
+    def supports_run(self) -> bool:
+        return bool(self._lib.dpfm_run_mode_supported())
+
+    @property
+    def bus_accesses(self) -> int:
+        return int(self._lib.dpfm_bus_accesses(self._handle()))
+
+    def allocate(self, nwords: int) -> RunBuffer:
+        """A zeroed buffer of ``nwords`` words that the simulated memory behind the engine's
+        AXI4 master serves at :attr:`MEMORY_BASE` (replacing any earlier one)."""
+        if not self.supports_run:
+            raise TransportUnavailable("verilator: this model has no run mode (no m_axi port)")
+        nwords = int(nwords)
+        if nwords < 1 or self.MEMORY_BASE + 4 * nwords > 1 << 32:
+            raise ValueError(f"verilator: a run buffer of {nwords} words does not fit the "
+                             f"32-bit address space above 0x{self.MEMORY_BASE:08x}")
+        buf = _AttachedBuffer(self, np.zeros(nwords, dtype=np.uint32), self.MEMORY_BASE)
+        self._attach(buf)
+        return buf
+
+    def _attach(self, buf):
+        if self._buffer is not None and self._buffer is not buf:
+            self._buffer.words = None        # the old one is no longer served
+        self._buffer = buf
+        if buf is None:
+            self._lib.dpfm_mem_attach(self._handle(), None, 0, 0)
+        else:
+            ptr = buf.words.ctypes.data_as(ctypes.POINTER(ctypes.c_uint32))
+            self._lib.dpfm_mem_attach(self._handle(), ptr, buf.words.size, buf.address)
+
+    def memory_config(self, *, latency: int = 8, stall_pct: int = 0, long_stall_ppm: int = 0,
+                      long_stall_cycles: int = 200, seed: int = 1) -> None:
+        """How the simulated memory answers: ``latency`` cycles from an accepted read burst
+        to its first beat (and from a write burst's last beat to its response); each channel
+        not ready / not valid in a cycle with probability ``stall_pct`` %; a stall of
+        ``long_stall_cycles`` on every channel starting in a cycle with probability
+        ``long_stall_ppm`` per million; ``seed`` of its generator."""
+        for name, v in (("latency", latency), ("stall_pct", stall_pct),
+                        ("long_stall_ppm", long_stall_ppm), ("long_stall_cycles", long_stall_cycles)):
+            if not (isinstance(v, (int, np.integer)) and v >= 0):
+                raise ValueError(f"{name} must be a non-negative integer, not {v!r}")
+        if stall_pct > 99:
+            raise ValueError(f"stall_pct must be at most 99, not {stall_pct}")
+        self._lib.dpfm_mem_config(self._handle(), latency, stall_pct, long_stall_ppm,
+                                  long_stall_cycles, int(seed) & (2**64 - 1))
+
+    def memory_bursts(self) -> tuple:
+        """``(reads, writes)``: bursts the simulated memory has answered so far."""
+        r, w = ctypes.c_uint64(), ctypes.c_uint64()
+        self._lib.dpfm_mem_counts(self._handle(), ctypes.byref(r), ctypes.byref(w))
+        return r.value, w.value
+
+    def poll_run(self, poll_s: float = 0.2) -> int:
+        """Simulate about ``poll_s`` seconds' worth of cycles, then read RUN_STATUS once."""
+        t0 = time.perf_counter()
+        self._lib.dpfm_tick(self._handle(), self._poll_cycles)
+        dt = time.perf_counter() - t0
+        if dt > 0:
+            self._poll_cycles = int(min(max(self._poll_cycles * poll_s / dt, 4096), 1 << 26))
+        return self.read(self.regmap["RUN_STATUS"].offset)
 
     # -- bus --------------------------------------------------------------------------------
     def _handle(self):

@@ -47,12 +47,13 @@ from dpfm.reference.activations import ACT_CODES
 from dpfm.reference.mlp import NORM_BITS, RATIO_FRAC, RECIP_FRAC, SGD_CS_MIN
 
 from .activation import ActivationUnit
-from .axi import AXI4LiteSignature, AXI4LiteSlave
+from .axi import AXI4LiteSignature, AXI4LiteSlave, AXI4Signature
 from .dual_scale import DualScale
 from .fixmath import round_shift, round_shift_saturate, saturate, tree_levels, tree_sum
 from .layouts import entry_layout, registers_layout
-from .regmap import (ADDR_BITS, CTRL, FLAGS, ID_MAGIC, STATUS_ERROR_SHIFT, UPDATE, WINDOW_BITS, Resp,
-                     StartError, register_map)
+from .regmap import (ADDR_BITS, CTRL, FLAGS, ID_MAGIC, RUN_OPTS, RUN_STATUS, STATUS_ERROR_SHIFT,
+                     UPDATE, WINDOW_BITS, Resp, StartError, register_map)
+from .run import RunSequencer
 from .topk import TopKMerger
 
 __all__ = ["Engine", "StickyFlags", "ISSUE_DEPTH", "AFIFO_LATENCY", "UPDATE_PIPE", "MAX_PIPE",
@@ -166,7 +167,8 @@ class StickyFlags(wiring.Component):
 
     A bit raised in the cycle of a clear stays raised (set wins over clear): a clear drops
     only the events of the cycles before it, so clearing while a step runs loses no event of
-    the rest of the step.
+    the rest of the step.  ``clear`` is a mask: the host clears every flag, the run
+    sequencer only the saturation flags.
 
     Parameters
     ----------
@@ -177,18 +179,18 @@ class StickyFlags(wiring.Component):
     -------
     set : ``In(width)``
         Bits to raise in this cycle.
-    clear : ``In(1)``
-        Drop every bit not raised in this cycle.
+    clear : ``In(width)``
+        Drop these bits unless raised in this cycle.
     value : ``Out(width)``
         The flags, updated on the clock edge after ``set`` / ``clear``.
     """
 
     def __init__(self, width: int):
-        super().__init__({"set": In(width), "clear": In(1), "value": Out(width)})
+        super().__init__({"set": In(width), "clear": In(width), "value": Out(width)})
 
     def elaborate(self, platform):
         m = Module()
-        m.d.sync += self.value.eq(Mux(self.clear, 0, self.value) | self.set)
+        m.d.sync += self.value.eq(self.value & ~self.clear | self.set)
         return m
 
 
@@ -199,6 +201,9 @@ class Engine(wiring.Component):
     -------
     s_axil : ``In(AXI4LiteSignature(addr_width=18))``
         Host access; the register map is :func:`dpfm.rtl.regmap.register_map` (config).
+    m_axi : ``Out(AXI4Signature(addr_width=32))``
+        Run mode's memory master (:class:`~dpfm.rtl.run.RunSequencer`); idle unless a run
+        (CTRL.run) goes on.
 
     Parameters
     ----------
@@ -223,7 +228,8 @@ class Engine(wiring.Component):
         self.config = config
         self.error_response = Resp(error_response)
         self.regmap = register_map(config)
-        super().__init__({"s_axil": In(AXI4LiteSignature(addr_width=ADDR_BITS))})
+        super().__init__({"s_axil": In(AXI4LiteSignature(addr_width=ADDR_BITS)),
+                          "m_axi": Out(AXI4Signature(addr_width=32))})
 
     def elaborate(self, platform):
         m = Module()
@@ -259,8 +265,11 @@ class Engine(wiring.Component):
             d_rd.append(dmem.read_port(transparent_for=(d_wr[-1],)))
         smem_wr, smem_rd, vmem_wr, vmem_rd, rmem_wr, rmem_rd = [], [], [], [], [], []
         abits = max(1, (maxw - 1).bit_length())
+        sbits = srow.bit_length() - 1
         for s in range(B):
-            mem = Memory(shape=vshape, depth=srow, init=[])
+            # two banks of samples (address bit ``sbits``): run mode fetches the next batch
+            # into one while a step reads the other
+            mem = Memory(shape=vshape, depth=2 * srow, init=[])
             m.submodules[f"smem{s}"] = mem
             smem_wr.append(mem.write_port())
             smem_rd.append(mem.read_port(transparent_for=()))
@@ -277,6 +286,7 @@ class Engine(wiring.Component):
         done = Signal()
         error = Signal(8)
         m.submodules.flags = flag_reg = StickyFlags(len(FLAGS))
+        seq_clear = Signal(len(FLAGS))
         flags = flag_reg.value
         cycles = Signal(32)
         mul_busy = Signal(32)
@@ -292,10 +302,40 @@ class Engine(wiring.Component):
         sgd_cs = setting("SGD_CS")
         loss = Signal(64)
         err_addr = Signal(32)              # ERR_ADDR (see the register file below)
+        hits = Signal(16)                  # validation hits of the last classifying pass
+        run_names = ("RUN_TRAIN_ADDR", "RUN_VAL_ADDR", "RUN_PERM_ADDR", "RUN_LOG_ADDR",
+                     "RUN_SNAP_ADDR", "RUN_TRAIN_N", "RUN_VAL_N", "RUN_EPOCHS", "RUN_OPTS",
+                     "SGD_CQ_LAST", "SGD_CS_LAST")
+        run_regs = {name: setting(name) for name in run_names}
+        # ---------------------------------------------------------------- run mode
+        m.submodules.run = seq = RunSequencer(cfg)
+        connect(m, flipped(self.m_axi), seq.m_axi)
+        run_active = seq.running
+        locked = Signal()                  # host writes and window accesses are refused
+        m.d.comb += locked.eq(busy | run_active)
+        m.d.comb += [
+            seq.train_addr.eq(run_regs["RUN_TRAIN_ADDR"]), seq.val_addr.eq(run_regs["RUN_VAL_ADDR"]),
+            seq.perm_addr.eq(run_regs["RUN_PERM_ADDR"]), seq.log_addr.eq(run_regs["RUN_LOG_ADDR"]),
+            seq.snap_addr.eq(run_regs["RUN_SNAP_ADDR"]), seq.train_n.eq(run_regs["RUN_TRAIN_N"]),
+            seq.val_n.eq(run_regs["RUN_VAL_N"]), seq.epochs.eq(run_regs["RUN_EPOCHS"]),
+            seq.classify.eq(run_regs["RUN_OPTS"][RUN_OPTS["classify"]]),
+            seq.update.eq(update), seq.sgd_cq.eq(sgd_cq), seq.sgd_cs.eq(sgd_cs),
+            seq.sgd_cq_last.eq(run_regs["SGD_CQ_LAST"]), seq.sgd_cs_last.eq(run_regs["SGD_CS_LAST"]),
+            seq.step_busy.eq(busy), seq.step_error.eq(error), seq.loss.eq(loss),
+            seq.flags.eq(flags), seq.cycles.eq(cycles), seq.mul_busy.eq(mul_busy),
+            seq.merge_busy.eq(merge_busy), seq.hits.eq(hits), seq_clear.eq(seq.flags_clear),
+        ]
+        with m.If(seq.set_en):
+            m.d.sync += [batch_n.eq(seq.set_batch_n), update.eq(seq.set_update),
+                         sgd_cq.eq(seq.set_cq), sgd_cs.eq(seq.set_cs)]
+        sbank = seq.sbank
+        host_start = Signal()
         start = Signal()
         clear_flags = Signal()
         set_flags = Signal(len(FLAGS))
-        m.d.comb += [flag_reg.set.eq(set_flags), flag_reg.clear.eq(clear_flags)]
+        m.d.comb += start.eq(host_start | seq.step_start)
+        m.d.comb += [flag_reg.set.eq(set_flags),
+                     flag_reg.clear.eq(Mux(clear_flags, (1 << len(FLAGS)) - 1, 0) | seq_clear)]
         with m.If(busy):
             m.d.sync += cycles.eq(cycles + 1)
 
@@ -645,15 +685,32 @@ class Engine(wiring.Component):
         # weight memory write port: host (idle) or update pass
         with m.If(pupd[ST_W]):
             m.d.comb += [w_wr.addr.eq(pa[ST_W]), w_wr.data.eq(w_new), w_wr.en.eq(1)]
-        with m.Elif(reg.w_en & ~busy & (win == W_WIN) & (woff < P)):
+        with m.Elif(reg.w_en & ~locked & (win == W_WIN) & (woff < P)):
             m.d.comb += [w_wr.addr.eq(woff), w_wr.data.eq(reg.w_data), w_wr.en.eq(1)]
 
         # ---------------------------------------------------------------- FSM
-        with m.FSM(name="engine"):
+        # argmax of outputs and targets per lane (run mode's validation hits)
+        am_o = Signal(range(n_out_last + 1))
+        am_issue = Signal()
+        am_v1 = Signal()
+        am_o1 = Signal.like(am_o)
+        m.d.sync += [am_v1.eq(am_issue), am_o1.eq(am_o)]
+        am_out = [Signal(vshape, name=f"am_out{s}") for s in range(B)]
+        am_tgt = [Signal(vshape, name=f"am_tgt{s}") for s in range(B)]
+        am_out_i = [Signal.like(am_o, name=f"am_out_i{s}") for s in range(B)]
+        am_tgt_i = [Signal.like(am_o, name=f"am_tgt_i{s}") for s in range(B)]
+        with m.If(am_v1):
+            for s in range(B):
+                with m.If((am_o1 == 0) | (vmem_rd[s].data > am_out[s])):
+                    m.d.sync += [am_out[s].eq(vmem_rd[s].data), am_out_i[s].eq(am_o1)]
+                with m.If((am_o1 == 0) | (smem_rd[s].data > am_tgt[s])):
+                    m.d.sync += [am_tgt[s].eq(smem_rd[s].data), am_tgt_i[s].eq(am_o1)]
+
+        with m.FSM(name="engine") as engine_fsm:
             with m.State("IDLE"):
-                m.d.comb += [smem_rd[s].addr.eq(w_col) for s in range(B)]
+                m.d.comb += [smem_rd[s].addr.eq(Cat(w_col[:sbits], sbank)) for s in range(B)]
                 m.d.comb += [vmem_rd[s].addr.eq(Cat(o_col[:abits], out_buf)) for s in range(B)]
-                m.d.comb += w_rd.addr.eq(woff)
+                m.d.comb += w_rd.addr.eq(Mux(run_active, seq.w_addr, woff))
                 with m.If(start):
                     with m.If((batch_n == 0) | (batch_n > B)):
                         m.d.sync += error.eq(StartError.BATCH_N)
@@ -671,7 +728,7 @@ class Engine(wiring.Component):
                         m.next = "FWD"
             with m.State("FWD"):
                 for s in range(B):
-                    m.d.comb += smem_rd[s].addr.eq(i)
+                    m.d.comb += smem_rd[s].addr.eq(Cat(i[:sbits], sbank))
                     m.d.comb += [vmem_rd[s].addr.eq(Cat(i[:abits], rd_buf)),
                                  rmem_rd[s].addr.eq(Cat(i[:abits], rd_buf))]
                 m.d.comb += fwd_issue.eq(1)
@@ -696,7 +753,8 @@ class Engine(wiring.Component):
                         m.next = "FWD"
             with m.State("LOSS"):
                 for s in range(B):
-                    m.d.comb += [smem_rd[s].addr.eq(n_in0 + lo), vmem_rd[s].addr.eq(Cat(lo[:abits], out_buf)),
+                    m.d.comb += [smem_rd[s].addr.eq(Cat((lo + n_in0)[:sbits], sbank)),
+                                 vmem_rd[s].addr.eq(Cat(lo[:abits], out_buf)),
                                  rmem_rd[s].addr.eq(Cat(lo[:abits], out_buf))]
                 m.d.comb += loss_issue.eq(1)
                 with m.If(lr == K - 1):
@@ -710,7 +768,10 @@ class Engine(wiring.Component):
                     m.d.sync += lr.eq(lr + 1)
             with m.State("LOSS_DRAIN"):
                 with m.If(~loss_busy):
-                    with m.If(update == UPDATE["none"]):
+                    with m.If((update == UPDATE["none"]) & seq.classify_step):
+                        m.d.sync += [am_o.eq(0), hits.eq(0)]
+                        m.next = "ARGMAX"
+                    with m.Elif(update == UPDATE["none"]):
                         m.next = "DONE"
                     with m.Else():
                         m.d.sync += p.eq(0)
@@ -790,9 +851,26 @@ class Engine(wiring.Component):
             with m.State("UPD_DRAIN"):
                 with m.If(~update_busy):
                     m.next = "DONE"
+            with m.State("ARGMAX"):
+                # run mode's validation hits: output o and target o of every lane, one o per
+                # cycle; the comparisons follow a cycle later (am_v1)
+                for s in range(B):
+                    m.d.comb += [vmem_rd[s].addr.eq(Cat(am_o[:abits], out_buf)),
+                                 smem_rd[s].addr.eq(Cat((am_o + n_in0)[:sbits], sbank))]
+                m.d.comb += am_issue.eq(1)
+                m.d.sync += am_o.eq(am_o + 1)
+                with m.If(am_o == n_out_last - 1):
+                    m.next = "ARGMAX_END"
+            with m.State("ARGMAX_END"):
+                with m.If(~am_v1):         # the last comparison is in: count the lanes
+                    m.d.sync += hits.eq(sum(lane_active[s] & (am_out_i[s] == am_tgt_i[s])
+                                            for s in range(B)))
+                    m.next = "DONE"
             with m.State("DONE"):
                 m.d.sync += [busy.eq(0), done.eq(1)]
                 m.next = "IDLE"
+
+        m.d.comb += seq.step_done.eq(engine_fsm.ongoing("DONE"))
 
         # ---------------------------------------------------------------- register file
         regs_ro = {
@@ -801,8 +879,13 @@ class Engine(wiring.Component):
             "FLAGS": flags, "CYCLES": cycles, "LOSS_LO": loss[:32], "LOSS_HI": loss[32:],
             "MUL_BUSY": mul_busy, "MERGE_BUSY": merge_busy, "K": Const(K, 32),
             "N_PARAMS": Const(P, 32), "BATCH": Const(B, 32), "ERR_ADDR": err_addr,
+            "RUN_STATUS": Cat(seq.running, seq.done, seq.stopped,
+                              Const(0, RUN_STATUS["error_shift"] - 3), seq.error, seq.epochs_done),
+            "RUN_CYCLES_LO": seq.run_cycles[:32], "RUN_CYCLES_HI": seq.run_cycles[32:],
+            "RUN_ERR_ADDR": seq.err_addr,
         }
-        regs_rw = {"BATCH_N": batch_n, "UPDATE": update, "LR_Q": lr_q, "SGD_CQ": sgd_cq, "SGD_CS": sgd_cs}
+        regs_rw = {"BATCH_N": batch_n, "UPDATE": update, "LR_Q": lr_q, "SGD_CQ": sgd_cq, "SGD_CS": sgd_cs,
+                   **run_regs}
         rdata = Signal(32)
         rsel = Signal.like(win)    # the window of the read in flight
         rrow = Signal(range(B + 1))
@@ -826,36 +909,42 @@ class Engine(wiring.Component):
                         with m.Default():
                             m.d.sync += rerr.eq(1)
                 with m.Case(W_WIN):
-                    m.d.sync += rerr.eq(busy | (woff >= P))
+                    m.d.sync += rerr.eq(locked | (woff >= P))
                 with m.Case(S_WIN):
-                    m.d.sync += [rrow.eq(w_row), rerr.eq(busy | (w_row >= B) | (w_col >= n_in0 + n_out_last))]
+                    m.d.sync += [rrow.eq(w_row), rerr.eq(locked | (w_row >= B) | (w_col >= n_in0 + n_out_last))]
                 with m.Case(O_WIN):
-                    m.d.sync += [rrow.eq(o_row), rerr.eq(busy | (o_row >= B) | (o_col >= n_out_last))]
+                    m.d.sync += [rrow.eq(o_row), rerr.eq(locked | (o_row >= B) | (o_col >= n_out_last))]
         with m.If(reg.w_en):
             with m.Switch(win):
                 with m.Case(0):
                     with m.Switch(waddr):
                         with m.Case(rmap["CTRL"].offset >> 2):
-                            m.d.comb += [start.eq(reg.w_data[CTRL["start"]]),
-                                         clear_flags.eq(reg.w_data[CTRL["clear_flags"]])]
-                            with m.If(reg.w_data[CTRL["start"]] & busy):
-                                m.d.sync += error.eq(StartError.BUSY)
+                            wd = reg.w_data
+                            m.d.comb += [clear_flags.eq(wd[CTRL["clear_flags"]]),
+                                         seq.stop.eq(wd[CTRL["stop"]])]
+                            with m.If(run_active & (wd[CTRL["start"]] | wd[CTRL["run"]])):
+                                # a step or a second run while a run goes on: refused
+                                m.d.sync += werr.eq(1)
+                            with m.Else():
+                                m.d.comb += [host_start.eq(wd[CTRL["start"]]), seq.run.eq(wd[CTRL["run"]])]
+                                with m.If(wd[CTRL["start"]] & busy):
+                                    m.d.sync += error.eq(StartError.BUSY)
                         for name, sig in regs_rw.items():
                             with m.Case(rmap[name].offset >> 2):
                                 # a value the register cannot hold is refused, not truncated
-                                with m.If(busy | ~_takes(reg.w_data, rmap[name], sig.shape())):
+                                with m.If(locked | ~_takes(reg.w_data, rmap[name], sig.shape())):
                                     m.d.sync += werr.eq(1)
                                 with m.Else():
                                     m.d.sync += sig.eq(reg.w_data)
                         with m.Default():
                             m.d.sync += werr.eq(1)
                 with m.Case(W_WIN):
-                    m.d.sync += werr.eq(busy | (woff >= P))
+                    m.d.sync += werr.eq(locked | (woff >= P))
                 with m.Case(S_WIN):
-                    ok = ~busy & (w_row < B) & (w_col < n_in0 + n_out_last)
+                    ok = ~locked & (w_row < B) & (w_col < n_in0 + n_out_last)
                     for s in range(B):
-                        m.d.comb += [smem_wr[s].addr.eq(w_col), smem_wr[s].data.eq(reg.w_data),
-                                     smem_wr[s].en.eq(ok & (w_row == s))]
+                        m.d.comb += [smem_wr[s].addr.eq(Cat(w_col[:sbits], sbank)),
+                                     smem_wr[s].data.eq(reg.w_data), smem_wr[s].en.eq(ok & (w_row == s))]
                     m.d.sync += werr.eq(~ok)
                 with m.Default():       # OUTPUTS is read-only; other windows are unmapped
                     m.d.sync += werr.eq(1)
@@ -863,6 +952,11 @@ class Engine(wiring.Component):
             m.d.sync += werr.eq(0)
         with m.If(~reg.r_en):
             m.d.sync += rerr.eq(0)
+        with m.If(seq.sw_en):
+            for s in range(B):
+                m.d.comb += [smem_wr[s].addr.eq(Cat(seq.sw_col, seq.sw_bank)),
+                             smem_wr[s].data.eq(seq.sw_data), smem_wr[s].en.eq(seq.sw_lane == s)]
+        m.d.comb += seq.w_data.eq(w_rd.data)
         flag_terms.append(refused << FLAGS["bus_error"])
         # every flag event is registered where it arises (one cycle late into FLAGS), so no
         # path runs from a lane's datapath through the OR over the lanes into FLAGS

@@ -14,8 +14,15 @@
 //
 // All functions are `extern "C"`; responses are the AXI codes (0 OKAY, 2 SLVERR, 3 DECERR),
 // or DPFM_TIMEOUT (-1) when the slave does not answer within DPFM_BUS_TIMEOUT cycles.
+//
+// With DPFM_RUN_MODE (an engine with the run-mode AXI4 master `m_axi__*`), the harness is
+// also the memory behind that master (`Memory` below): a buffer the host attaches (its own
+// numpy array), answered with a configurable latency, random backpressure on every channel
+// and occasional long stalls, so that the engine meets what DDR behind the Zynq's HP port
+// does to it.  Accesses outside the buffer answer DECERR.
 
 #include <cstdint>
+#include <deque>
 #include <memory>
 
 #include "Vdpfm_engine.h"
@@ -34,10 +41,112 @@
 static const int DPFM_TIMEOUT = -1;
 static const uint64_t DPFM_BUS_TIMEOUT = 4096;
 
+#ifdef DPFM_RUN_MODE
+#define MAXI(name) m_axi___05F##name
+
+// The memory behind the engine's AXI4 master.  Every cycle, `drive` sets the slave's outputs
+// from its state alone (as registered outputs would be), and `sample`, after the inputs
+// settled, takes the handshakes of that cycle and moves the state on.
+struct Memory {
+    uint32_t* words = nullptr;      // the host's buffer (not owned)
+    uint64_t base = 0, nwords = 0;
+    // behaviour
+    uint32_t latency = 8;           // cycles from an accepted AR to its first beat
+    uint32_t stall_pct = 0;         // chance (percent) that a channel is not ready / valid
+    uint32_t long_ppm = 0;          // chance (per million cycles) of a long stall
+    uint32_t long_cycles = 200;     // its length
+    uint64_t rng = 0x9E3779B97F4A7C15ull;
+    // state
+    struct Burst { uint64_t addr; uint32_t beats; uint64_t ready_at; };
+    std::deque<Burst> reads;        // accepted ARs, in order
+    std::deque<Burst> writes;       // accepted AWs whose data is not all in
+    std::deque<std::pair<int, uint64_t>> resps;   // write responses (code, ready at)
+    uint32_t r_beat = 0, w_beat = 0;
+    int w_err = 0;
+    uint64_t stalled_until = 0;
+    bool r_go = false, ar_go = false, aw_go = false, w_go = false, b_go = false;
+    uint64_t reads_done = 0, writes_done = 0;
+
+    uint32_t next() {               // xorshift64*
+        rng ^= rng >> 12; rng ^= rng << 25; rng ^= rng >> 27;
+        return (uint32_t)((rng * 2685821657736338717ull) >> 32);
+    }
+    bool chance(uint32_t pct) { return pct && next() % 100 < pct; }
+    bool inside(uint64_t addr) const {
+        return words && addr >= base && addr + 4 <= base + 4 * nwords;
+    }
+    void drive(Vdpfm_engine* t, uint64_t now) {
+        if (long_ppm && now >= stalled_until && next() % 1000000 < long_ppm)
+            stalled_until = now + long_cycles;
+        const bool stalled = now < stalled_until;
+        ar_go = !stalled && reads.size() < 8 && !chance(stall_pct);
+        aw_go = !stalled && writes.size() < 8 && !chance(stall_pct);
+        t->MAXI(arready) = ar_go;
+        t->MAXI(awready) = aw_go;
+        r_go = !stalled && !reads.empty() && now >= reads.front().ready_at && !chance(stall_pct);
+        t->MAXI(rvalid) = r_go;
+        if (r_go) {
+            const Burst& b = reads.front();
+            const uint64_t a = b.addr + 4ull * r_beat;
+            const bool ok = inside(a);
+            t->MAXI(rdata) = ok ? words[(a - base) / 4] : 0;
+            t->MAXI(rresp) = ok ? 0 : 3;
+            t->MAXI(rlast) = r_beat + 1 == b.beats;
+        } else {
+            t->MAXI(rdata) = 0;
+            t->MAXI(rresp) = 0;
+            t->MAXI(rlast) = 0;
+        }
+        w_go = !stalled && !writes.empty() && !chance(stall_pct);
+        t->MAXI(wready) = w_go;
+        b_go = !stalled && !resps.empty() && now >= resps.front().second && !chance(stall_pct);
+        t->MAXI(bvalid) = b_go;
+        t->MAXI(bresp) = b_go ? resps.front().first : 0;
+    }
+    void sample(Vdpfm_engine* t, uint64_t now) {
+        if (ar_go && t->MAXI(arvalid))
+            reads.push_back({t->MAXI(araddr), (uint32_t)t->MAXI(arlen) + 1u, now + latency});
+        if (r_go && t->MAXI(rready)) {
+            if (++r_beat == reads.front().beats) {
+                reads.pop_front();
+                r_beat = 0;
+                ++reads_done;
+            }
+        }
+        if (aw_go && t->MAXI(awvalid))
+            writes.push_back({t->MAXI(awaddr), (uint32_t)t->MAXI(awlen) + 1u, now});
+        if (w_go && t->MAXI(wvalid)) {
+            const Burst& b = writes.front();
+            const uint64_t a = b.addr + 4ull * w_beat;
+            if (inside(a) && t->MAXI(wstrb) == 0xF)
+                words[(a - base) / 4] = t->MAXI(wdata);
+            else
+                w_err = 3;
+            if (++w_beat == b.beats) {
+                resps.push_back({w_err, now + latency});
+                writes.pop_front();
+                w_beat = 0;
+                w_err = 0;
+                ++writes_done;
+            }
+        }
+        if (b_go && t->MAXI(bready)) resps.pop_front();
+    }
+    void clear() {
+        reads.clear(); writes.clear(); resps.clear();
+        r_beat = w_beat = 0; w_err = 0; stalled_until = 0;
+    }
+};
+#endif
+
 struct Harness {
     std::unique_ptr<VerilatedContext> ctx;
     std::unique_ptr<Vdpfm_engine> top;
     uint64_t cycles = 0;
+    uint64_t accesses = 0;          // AXI4-Lite accesses made (reads and writes)
+#ifdef DPFM_RUN_MODE
+    Memory mem;
+#endif
 #ifdef DPFM_TRACE
     std::unique_ptr<VerilatedFstC> trace;
 #endif
@@ -51,7 +160,15 @@ struct Harness {
         ctx->timeInc(1);
     }
     // Low half: settle inputs, leave combinational outputs readable.
-    void settle() { half(0); }
+    void settle() {
+#ifdef DPFM_RUN_MODE
+        mem.drive(top.get(), cycles);
+        half(0);
+        mem.sample(top.get(), cycles);
+#else
+        half(0);
+#endif
+    }
     // High half: the rising edge.
     void edge() {
         half(1);
@@ -103,6 +220,13 @@ DPFM_API Harness* dpfm_create(const char* trace_path) {
     t->AXI(awprot) = 0;
     t->AXI(arprot) = 0;
     t->AXI(wstrb) = 0xF;
+#ifdef DPFM_RUN_MODE
+    t->MAXI(arready) = 0;
+    t->MAXI(awready) = 0;
+    t->MAXI(wready) = 0;
+    t->MAXI(rvalid) = 0;
+    t->MAXI(bvalid) = 0;
+#endif
     t->eval();
     return h;
 }
@@ -118,6 +242,59 @@ DPFM_API void dpfm_destroy(Harness* h) {
 
 DPFM_API uint64_t dpfm_cycles(Harness* h) { return h->cycles; }
 
+DPFM_API uint64_t dpfm_bus_accesses(Harness* h) { return h->accesses; }
+
+DPFM_API int dpfm_run_mode_supported() {
+#ifdef DPFM_RUN_MODE
+    return 1;
+#else
+    return 0;
+#endif
+}
+
+// Attach the host's buffer (nwords 32-bit words, seen at bus address base) as the memory
+// behind the engine's AXI4 master; words NULL detaches it.  Returns 0, or -1 without run mode.
+DPFM_API int dpfm_mem_attach(Harness* h, uint32_t* words, uint64_t nwords, uint64_t base) {
+#ifdef DPFM_RUN_MODE
+    h->mem.words = words;
+    h->mem.nwords = words ? nwords : 0;
+    h->mem.base = base;
+    return 0;
+#else
+    (void)h; (void)words; (void)nwords; (void)base;
+    return -1;
+#endif
+}
+
+// The memory's behaviour: read and write-response latency (cycles), the chance in percent
+// that a channel is not ready or not valid in a cycle, the chance per million cycles of a
+// stall of long_cycles on every channel, and the seed of its random generator.
+DPFM_API int dpfm_mem_config(Harness* h, uint32_t latency, uint32_t stall_pct, uint32_t long_ppm,
+                             uint32_t long_cycles, uint64_t seed) {
+#ifdef DPFM_RUN_MODE
+    h->mem.latency = latency;
+    h->mem.stall_pct = stall_pct > 99 ? 99 : stall_pct;
+    h->mem.long_ppm = long_ppm;
+    h->mem.long_cycles = long_cycles;
+    h->mem.rng = seed ? seed : 0x9E3779B97F4A7C15ull;
+    return 0;
+#else
+    (void)h; (void)latency; (void)stall_pct; (void)long_ppm; (void)long_cycles; (void)seed;
+    return -1;
+#endif
+}
+
+// Bursts the memory has answered: reads (all beats out) and writes (all beats in).
+DPFM_API void dpfm_mem_counts(Harness* h, uint64_t* reads, uint64_t* writes) {
+#ifdef DPFM_RUN_MODE
+    *reads = h->mem.reads_done;
+    *writes = h->mem.writes_done;
+#else
+    (void)h;
+    *reads = *writes = 0;
+#endif
+}
+
 DPFM_API void dpfm_tick(Harness* h, uint64_t n) {
     for (uint64_t i = 0; i < n; ++i) h->tick();
 }
@@ -130,6 +307,9 @@ DPFM_API void dpfm_reset(Harness* h, uint32_t cycles) {
     t->AXI(bready) = 0;
     t->AXI(rready) = 0;
     t->rst = 1;
+#ifdef DPFM_RUN_MODE
+    h->mem.clear();
+#endif
     for (uint32_t i = 0; i < (cycles ? cycles : 1); ++i) h->tick();
     t->rst = 0;
     h->tick();
@@ -139,6 +319,7 @@ DPFM_API void dpfm_reset(Harness* h, uint32_t cycles) {
 // One write with all byte lanes enabled.  Returns the BRESP code or DPFM_TIMEOUT.
 DPFM_API int dpfm_axil_write(Harness* h, uint32_t addr, uint32_t data) {
     auto* t = h->top.get();
+    ++h->accesses;
     t->AXI(awaddr) = addr;
     t->AXI(awvalid) = 1;
     t->AXI(wdata) = data;
@@ -168,6 +349,7 @@ DPFM_API int dpfm_axil_write(Harness* h, uint32_t addr, uint32_t data) {
 // One read.  Stores RDATA in *data; returns the RRESP code or DPFM_TIMEOUT.
 DPFM_API int dpfm_axil_read(Harness* h, uint32_t addr, uint32_t* data) {
     auto* t = h->top.get();
+    ++h->accesses;
     t->AXI(araddr) = addr;
     t->AXI(arvalid) = 1;
     t->AXI(rready) = 1;
