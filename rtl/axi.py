@@ -49,13 +49,15 @@ class AXI4LiteSignature(wiring.Signature):
 
 
 class AXI4Signature(wiring.Signature):
-    """AXI4 (full), seen from the master, without IDs, locks, QoS or user signals.
+    """AXI4 (full), seen from the master, without locks, QoS or user signals.
 
     Members are named as in the AXI specification (``awaddr`` ... ``rready``), so an
     ``m_axi: Out(AXI4Signature(...))`` member becomes Verilog ports ``m_axi__awaddr`` etc.
     that cocotbext-axi's ``AxiBus.from_prefix(dut, "m_axi", bus_separator="__")`` and
     Vivado's interface inference (``boards/wrapper.py``) see.  Bursts: AxLEN 0..255 (beats
-    minus one), AxSIZE 2 (4 bytes), AxBURST INCR.
+    minus one), AxSIZE 2 (4 bytes), AxBURST INCR.  The master issues every transaction with
+    ID 0 (``awid``/``arid``, one bit: cocotbext-axi needs the ID signals to exist), so
+    responses come back in order.
 
     Parameters
     ----------
@@ -70,16 +72,16 @@ class AXI4Signature(wiring.Signature):
             raise ValueError(f"data_width must be 32, not {data_width}")
         self.addr_width = addr_width
         self.data_width = data_width
-        a = {"addr": Out(addr_width), "len": Out(8), "size": Out(3), "burst": Out(2),
-             "cache": Out(4), "prot": Out(3), "valid": Out(1), "ready": In(1)}
+        a = {"id": Out(1), "addr": Out(addr_width), "len": Out(8), "size": Out(3),
+             "burst": Out(2), "cache": Out(4), "prot": Out(3), "valid": Out(1), "ready": In(1)}
         super().__init__({
             **{f"aw{k}": v for k, v in a.items()},
             "wdata": Out(data_width), "wstrb": Out(data_width // 8), "wlast": Out(1),
             "wvalid": Out(1), "wready": In(1),
-            "bresp": In(2), "bvalid": In(1), "bready": Out(1),
+            "bid": In(1), "bresp": In(2), "bvalid": In(1), "bready": Out(1),
             **{f"ar{k}": v for k, v in a.items()},
-            "rdata": In(data_width), "rresp": In(2), "rlast": In(1), "rvalid": In(1),
-            "rready": Out(1),
+            "rid": In(1), "rdata": In(data_width), "rresp": In(2), "rlast": In(1),
+            "rvalid": In(1), "rready": Out(1),
         })
 
 

@@ -372,6 +372,8 @@ class RunSequencer(wiring.Component):
                     with m.Elif(self.epochs == 0):
                         m.d.sync += self.done.eq(1)
                     with m.Else():
+                        # steps count only the saturations they raise themselves
+                        m.d.comb += self.flags_clear.eq(sum(1 << FLAGS[f] for f in SAT_FLAGS))
                         m.d.sync += [running.eq(1), halt.eq(0), stop_req.eq(0), pending.eq(0),
                                      run_update.eq(self.update), run_cq.eq(self.sgd_cq),
                                      run_cs.eq(self.sgd_cs),

@@ -46,6 +46,21 @@ REGISTERS = [
     ("N_PARAMS",    0x040, "ro", 32, False, R32, 0),
     ("BATCH",       0x044, "ro", 32, False, R32, 0),
     ("ERR_ADDR",    0x048, "ro", 32, False, R32, 0),
+    ("RUN_TRAIN_ADDR", 0x04C, "rw", 32, False, R32, 0),
+    ("RUN_VAL_ADDR",   0x050, "rw", 32, False, R32, 0),
+    ("RUN_PERM_ADDR",  0x054, "rw", 32, False, R32, 0),
+    ("RUN_LOG_ADDR",   0x058, "rw", 32, False, R32, 0),
+    ("RUN_SNAP_ADDR",  0x05C, "rw", 32, False, R32, 0),
+    ("RUN_TRAIN_N",    0x060, "rw", 24, False, (1, (1 << 24) - 1), 1),
+    ("RUN_VAL_N",      0x064, "rw", 24, False, (0, (1 << 24) - 1), 0),
+    ("RUN_EPOCHS",     0x068, "rw", 16, False, (0, (1 << 16) - 1), 0),
+    ("RUN_OPTS",       0x06C, "rw", 1, False, (0, 1), 0),
+    ("SGD_CQ_LAST",    0x070, "rw", 18, False, (0, (1 << 18) - 1), 0),
+    ("SGD_CS_LAST",    0x074, "rw", 7, False, (16, 127), 16),
+    ("RUN_STATUS",     0x078, "ro", 32, False, R32, 0),
+    ("RUN_CYCLES_LO",  0x07C, "ro", 32, False, R32, 0),
+    ("RUN_CYCLES_HI",  0x080, "ro", 32, False, R32, 0),
+    ("RUN_ERR_ADDR",   0x084, "ro", 32, False, R32, 0),
 ]
 
 #: ``(name, base, access, words, row_words)`` of every window of ``Config()`` (net 4-5-5-1:
