@@ -187,8 +187,9 @@ class PynqTransport(Transport):
     Members
     -------
     supports_run : bool
-        True when ``dpfm.json`` describes run mode's memory path (``run_mode``): bitstreams
-        built before run mode have none, and their engine no RUN_* registers.
+        True when ``dpfm.json`` describes run mode's memory path (``run_mode``; bitstreams
+        built before run mode have none, and their engine no RUN_* registers) and ``pynq``
+        has ``allocate`` (PYNQ 2.5 and later).
     memory_window : (int, int) or None
         ``[start, end)`` of the bus addresses the engine's master reaches (the DDR through
         ``S_AXI_HP0``), from ``dpfm.json``.
@@ -235,7 +236,8 @@ class PynqTransport(Transport):
             self.memory_window = (start, start + int(run["memory_range"]))
         else:
             self.memory_window = None
-        self.supports_run = self.memory_window is not None
+        # Run mode needs the bitstream's master (dpfm.json) and pynq.allocate (PYNQ >= 2.5).
+        self.supports_run = self.memory_window is not None and hasattr(pynq, "allocate")
 
     # -- registers ---------------------------------------------------------------------------
     def read(self, addr: int) -> int:
@@ -289,10 +291,12 @@ class PynqTransport(Transport):
             Without run mode, when the memory cannot be had (CMA too small or fragmented), or
             when the buffer lies where the engine cannot use it (the buffer is freed).
         """
-        if not self.supports_run:
+        if self.memory_window is None:
             raise TransportUnavailable(
                 f"{self.bitfile} was built without run mode ({BUILD_INFO} has no run_mode: no "
                 f"AXI4 master on S_AXI_HP0); rebuild it with `make bitstream`")
+        if not self.supports_run:
+            raise TransportUnavailable("this pynq has no pynq.allocate (PYNQ 2.5 or later has it)")
         nwords = int(nwords)
         if nwords < 1:
             raise ValueError(f"a run buffer needs at least one word, not {nwords}")

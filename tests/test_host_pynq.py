@@ -194,6 +194,11 @@ def test_run_mode_from_the_build_description(fake, tmp_path):
         assert not old.supports_run
         with pytest.raises(TransportUnavailable, match="built without run mode.*make bitstream"):
             old.allocate(1024)
+    del fake.module.allocate                # a pynq before 2.5
+    with PynqTransport(CFG, board_files(tmp_path / "new", CFG)) as board:
+        assert not board.supports_run
+        with pytest.raises(TransportUnavailable, match="no pynq.allocate"):
+            board.allocate(1024)
     assert fake.buffers == []
 
 
