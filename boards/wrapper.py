@@ -140,7 +140,7 @@ def _master_parameter(ports: list[BusPort], fclk_hz: int) -> str:
         "PROTOCOL AXI4",
         f"DATA_WIDTH {widths['wdata']}",
         f"ADDR_WIDTH {widths['awaddr']}",
-        "ID_WIDTH 0",
+        f"ID_WIDTH {widths.get('awid', 0)}",
         "AWUSER_WIDTH 0, ARUSER_WIDTH 0, WUSER_WIDTH 0, RUSER_WIDTH 0, BUSER_WIDTH 0",
         "READ_WRITE_MODE READ_WRITE",
         f"HAS_BURST {has('awburst', 'arburst')}",
