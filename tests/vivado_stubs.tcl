@@ -25,7 +25,12 @@
 #                       (default: the requested PCW_FPGA0_PERIPHERAL_FREQMHZ)
 #   STUB_SEGMENTS       how many address segments of the engine assign_bd_address makes
 #                       (default 1)
-#   STUB_SEGMENT_RANGE  the range the segment reports, whatever was set (default: as set)
+#   STUB_SEGMENT_RANGE  the range the engine's segment reports, whatever was set (default: as set)
+#   STUB_MEM_SEGMENTS   how many HP0_DDR_LOWOCM segments assign_bd_address makes in the engine
+#                       master's address space (default 1, but none unless the PS7 has
+#                       PCW_USE_S_AXI_HP0 1 and a connect_bd_intf_net joined /ps7/S_AXI_HP0
+#                       to something, as Vivado maps a slave only when a master reaches it)
+#   STUB_MEM_SEGMENT_RANGE  the range that segment reports, whatever was set (default: as set)
 #   STUB_BITSTREAMS     how many .bit files impl_1 writes (default 1)
 
 set stub(log) [open $::env(STUB_LOG) a]
@@ -34,6 +39,7 @@ set stub(sources) {}
 set stub(project) ""
 set stub(project_dir) ""
 set stub(segments) {}
+set stub(intf_nets) {}
 set stub(ports) [dict create]
 
 proc stub_env {name default} {
@@ -136,7 +142,9 @@ proc get_property {args} {
             return [stub_env STUB_FCLK0_ACT [format %.6f $requested]]
         }
         RANGE {
-            return [stub_env STUB_SEGMENT_RANGE [dict get $::stub(props) $object RANGE]]
+            set set_range [dict get $::stub(props) $object RANGE]
+            if {[string match /ps7/Data/* $object]} { return [stub_env STUB_SEGMENT_RANGE $set_range] }
+            return [stub_env STUB_MEM_SEGMENT_RANGE $set_range]
         }
         PROGRESS { return 100% }
         STATUS { return "write_bitstream Complete!" }
@@ -215,7 +223,10 @@ proc create_bd_intf_port {args} { stub_call create_bd_intf_port {*}$args; return
 proc get_bd_intf_ports {args} { stub_call get_bd_intf_ports {*}$args; return [stub_bd_path [lindex $args end]] }
 proc get_bd_intf_pins {args} { stub_call get_bd_intf_pins {*}$args; return [stub_check_pin intf [lindex $args end]] }
 proc get_bd_pins {args} { stub_call get_bd_pins {*}$args; return [stub_check_pin pins [lindex $args end]] }
-proc connect_bd_intf_net {args} { stub_call connect_bd_intf_net {*}$args }
+proc connect_bd_intf_net {args} {
+    stub_call connect_bd_intf_net {*}$args
+    lappend ::stub(intf_nets) [lrange $args end-1 end]
+}
 proc connect_bd_net {args} { stub_call connect_bd_net {*}$args }
 
 proc assign_bd_address {args} {
@@ -224,6 +235,26 @@ proc assign_bd_address {args} {
     set ::stub(segments) {}
     for {set i 0} {$i < [stub_env STUB_SEGMENTS 1]} {incr i} {
         lappend ::stub(segments) /ps7/Data/SEG_dpfm_reg$i
+    }
+    # The DDR through HP0, in the address space of the engine master that reaches the port (the
+    # master interface that a net joins to the interconnect that a net joins to /ps7/S_AXI_HP0).
+    set hp0_on [expr {[dict exists $::stub(props) /ps7 CONFIG.PCW_USE_S_AXI_HP0]
+                      && [dict get $::stub(props) /ps7 CONFIG.PCW_USE_S_AXI_HP0] eq "1"}]
+    set masters {}
+    foreach net $::stub(intf_nets) {
+        if {"/ps7/S_AXI_HP0" ni $net} { continue }
+        set cell [stub_real_file dirname [lindex [lsearch -all -inline -not -exact $net /ps7/S_AXI_HP0] 0]]
+        foreach other $::stub(intf_nets) {
+            lassign $other a b
+            if {[stub_real_file dirname $b] eq $cell && [string match */S*_AXI $b]} { lappend masters $a }
+        }
+    }
+    if {$hp0_on} {
+        foreach master $masters {
+            for {set i 0} {$i < [stub_env STUB_MEM_SEGMENTS 1]} {incr i} {
+                lappend ::stub(segments) $master/SEG_ps7_HP0_DDR_LOWOCM[expr {$i ? "_$i" : ""}]
+            }
+        }
     }
 }
 proc get_bd_addr_segs {args} {
