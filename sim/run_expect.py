@@ -44,10 +44,12 @@ def run_expectations(config, Xq, yq, Xvq, yvq, perms, params, *, update="maxnorm
     rows), the :class:`EpochExpect` of a run from the raw weights ``params``."""
     net = MLP(list(config.net), list(config.activations))
     fmt, B, k, policy = config.formats, config.batch, config.k, config.policy
-    Xq, yq = np.asarray(Xq, np.int64), np.asarray(yq, np.int64).reshape(len(Xq), -1)
-    Xvq = np.zeros((0, config.n_in), np.int64) if Xvq is None else np.asarray(Xvq, np.int64)
+    Xq = np.asarray(Xq, np.int64).reshape(-1, config.n_in)
+    yq = np.asarray(yq, np.int64).reshape(len(Xq), config.n_out)
+    Xvq = np.zeros((0, config.n_in), np.int64) if Xvq is None else \
+        np.asarray(Xvq, np.int64).reshape(-1, config.n_in)
     yvq = np.zeros((0, config.n_out), np.int64) if yvq is None else \
-        np.asarray(yvq, np.int64).reshape(len(Xvq), -1)
+        np.asarray(yvq, np.int64).reshape(len(Xvq), config.n_out)
     params = np.asarray(params, dtype=np.int64)
     out = []
     for perm in perms:
@@ -68,7 +70,7 @@ def run_expectations(config, Xq, yq, Xvq, yvq, perms, params, *, update="maxnorm
                 tr = net.step_raw(X[start:start + B], y[start:start + B], params, k, lr,
                                   "maxnorm", fmt, policy)
                 loss += _loss_raw(tr)
-                hits += int(np.sum(np.argmax(tr.forward.a, axis=1)
+                hits += int(np.sum(np.argmax(tr.forward.layers[-1].a, axis=1)
                                    == np.argmax(y[start:start + B], axis=1)))
             return loss, hits
 

@@ -162,7 +162,7 @@ async def run_stop_and_errors(dut):
     await tb.write_reg("CTRL", STOP_WORD)
     st = await _wait_run(tb)
     assert st["stopped"] and not st["done"] and st["error"] == 0 and st["epochs"] == 1, st
-    expect = run_expectations(cfg, Xq, yq, Xv, yv, perms[:1], params)
+    expect = run_expectations(cfg, Xq, yq, Xv, yv, perms[:1], params, lr=0.05)
     assert np.array_equal(snapshot(_words(ram, layout), layout, 0), expect[0].weights)
     assert np.array_equal(np.array(await tb.read_weights(), dtype=np.int64), expect[0].weights)
     await tb.write_reg("CTRL", 1 << 1)               # clear the bus_error of the refusals
