@@ -59,8 +59,8 @@ class RunSequencer(wiring.Component):
     train_addr, val_addr, perm_addr, log_addr, snap_addr, train_n, val_n, epochs, classify
         The run registers; read at ``run`` (the addresses and counts must stay unchanged
         while the run goes on: the engine refuses writes to them then).
-    update, sgd_cq, sgd_cs, sgd_cq_last, sgd_cs_last : In
-        The setting registers, latched at ``run``.
+    batch_n, update, sgd_cq, sgd_cs, sgd_cq_last, sgd_cs_last : In
+        The setting registers, latched at ``run`` (and written back when the run ends).
     step_busy, step_done, step_error, loss, flags, cycles, mul_busy, merge_busy, hits : In
         The engine's step state and results (``step_done``: the cycle of its DONE state).
     set_en, set_batch_n, set_update, set_cq, set_cs : Out
@@ -99,7 +99,7 @@ class RunSequencer(wiring.Component):
             "train_addr": reg(32), "val_addr": reg(32), "perm_addr": reg(32),
             "log_addr": reg(32), "snap_addr": reg(32),
             "train_n": reg(24), "val_n": reg(24), "epochs": reg(16), "classify": reg(1),
-            "update": reg(2), "sgd_cq": reg(32), "sgd_cs": reg(8),
+            "batch_n": reg(range(B + 1)), "update": reg(2), "sgd_cq": reg(32), "sgd_cs": reg(8),
             "sgd_cq_last": reg(32), "sgd_cs_last": reg(8),
             "step_busy": In(1), "step_done": In(1), "step_error": In(8),
             "loss": In(64), "flags": In(len(FLAGS)), "cycles": In(32), "mul_busy": In(32),
@@ -139,6 +139,7 @@ class RunSequencer(wiring.Component):
         with m.If(self.stop & running):
             m.d.sync += stop_req.eq(1)
         run_update = Signal(2)
+        run_batch_n = Signal(range(cfg.batch + 1))
         run_cq, run_cs = Signal(32), Signal(8)
         fail = Signal()                    # an error arose this cycle (first one wins)
         fail_code = Signal(8)
@@ -376,6 +377,7 @@ class RunSequencer(wiring.Component):
                         m.d.comb += self.flags_clear.eq(sum(1 << FLAGS[f] for f in SAT_FLAGS))
                         m.d.sync += [running.eq(1), halt.eq(0), stop_req.eq(0), pending.eq(0),
                                      run_update.eq(self.update), run_cq.eq(self.sgd_cq),
+                                     run_batch_n.eq(self.batch_n),
                                      run_cs.eq(self.sgd_cs),
                                      f_epoch.eq(0), f_phase.eq(PHASE_TRAIN),
                                      f_left.eq(self.train_n), f_row.eq(0),
@@ -515,6 +517,10 @@ class RunSequencer(wiring.Component):
                     m.d.comb += [descq.r_en.eq(1), pend_dec.eq(1)]
                 with m.If(fetch_idle & (b_pending == 0) & ~descq.r_rdy & ~self.step_busy):
                     ok = (err == 0) & ~fail
+                    # the setting registers back to what the host wrote before the run
+                    m.d.comb += [self.set_en.eq(1), self.set_batch_n.eq(run_batch_n),
+                                 self.set_update.eq(run_update), self.set_cq.eq(run_cq),
+                                 self.set_cs.eq(run_cs)]
                     m.d.sync += [running.eq(0), self.done.eq(ok & (ep_in_run == self.epochs)),
                                  self.stopped.eq(ok & (ep_in_run != self.epochs))]
                     m.next = "IDLE"
