@@ -126,6 +126,10 @@ class EmulatorTransport(Transport):
     base_address : int
         Run mode: the bus address of the first buffer (a multiple of 4096; default
         0x1000_0000); the next ones follow it.
+    memory_end : int, optional
+        Run mode: the bus address where the memory behind the engine's master ends; the
+        engine's accesses at or past it answer DECERR even inside a buffer (models memory
+        that ends before the host's buffer does).  Default: no such end.
     """
 
     name = "emulator"
@@ -133,7 +137,8 @@ class EmulatorTransport(Transport):
     supports_run = True
 
     def __init__(self, config, *, busy_reads: int = 0, report_hash: int | None = None,
-                 memory_bytes: int = 256 << 20, base_address: int = 0x1000_0000):
+                 memory_bytes: int = 256 << 20, base_address: int = 0x1000_0000,
+                 memory_end: int | None = None):
         super().__init__(config)
         if int(base_address) % RUN_ALIGN or not 0 <= int(base_address) < 1 << 32:
             raise ValueError(f"base_address 0x{int(base_address):x} must be a multiple of "
@@ -142,6 +147,7 @@ class EmulatorTransport(Transport):
         self.report_hash = config.hash if report_hash is None else int(report_hash)
         self.memory_bytes = int(memory_bytes)
         self.base_address = int(base_address)
+        self.memory_end = 1 << 32 if memory_end is None else int(memory_end)
         self._regions: list = []
         self._net = MLP(config.net, config.activations)
         m = self.regmap
@@ -389,9 +395,10 @@ class EmulatorTransport(Transport):
     def _memory(self, addr: int, nwords: int) -> np.ndarray:
         """The ``nwords`` words at bus address ``addr`` (a view); DECERR outside the buffers."""
         for r in self._regions:
-            if r.address <= addr < r.address + r.nbytes:
-                if addr + 4 * nwords > r.address + r.nbytes:
-                    raise _RunStop(RunError.MEM_DECERR, r.address + r.nbytes)
+            if r.address <= addr < min(r.address + r.nbytes, self.memory_end):
+                end = min(r.address + r.nbytes, self.memory_end)
+                if addr + 4 * nwords > end:
+                    raise _RunStop(RunError.MEM_DECERR, end)
                 at = (addr - r.address) // 4
                 return r.words[at:at + nwords]
         raise _RunStop(RunError.MEM_DECERR, addr)
