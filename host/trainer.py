@@ -381,8 +381,10 @@ class Trainer:
     # -- whole sets -------------------------------------------------------------------------
     def _mean_loss(self, total: int, n: int) -> float:
         """The MSE of ``n`` samples whose squared errors sum to ``total`` (raw)."""
+        if not n:
+            return float("nan")
         cfg = self.config
-        return float(total) / float(1 << 2 * cfg.formats.value.frac) / (n * cfg.n_out) if n else float("nan")
+        return float(total) / float(1 << 2 * cfg.formats.value.frac) / (n * cfg.n_out)
 
     def _evaluate_raw(self, Xq, yq, classify=False):
         cfg = self.config
@@ -578,6 +580,10 @@ class Trainer:
                         last_move = time.monotonic()
                     while done < min(fields["epochs"], count):
                         log = parse_log(buf.words, layout, done)
+                        if log.epoch != done & 0xFFFF:
+                            raise TransportError(
+                                f"{t.name}: the log entry of the run's epoch {done} reads epoch "
+                                f"{log.epoch}: the host sees a stale buffer")
                         if log.flags >> FLAGS["bus_error"] & 1:
                             raise self._run_bus_error()
                         weights = snapshot(buf.words, layout, done)
