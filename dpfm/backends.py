@@ -26,8 +26,11 @@ Host backends implement the engine's ``stream`` pruning policy and refuse any ot
 Besides the common result fields they add ``cycles_per_step`` (mean CYCLES of the training
 steps; None for the emulator), ``cycles`` (min / max / busy shares), ``hw_config``
 (``Config.to_dict()`` and its ``hash``) and ``transport`` (build time and cache use,
-simulated cycles per second).  Spec keys ``save`` (a checkpoint after every epoch) and
-``resume`` (continue from one) are honoured by host backends only.
+simulated cycles per second, the training ``mode`` used and the register ``bus_accesses``:
+``total`` since the transport opened, ``fit`` and ``per_epoch`` of the training).  Spec keys
+``save`` (a checkpoint after every epoch) and ``resume`` (continue from one) are honoured by
+host backends only.  A host backend's ``mode`` (``auto``, ``run``, ``step``; see
+:meth:`dpfm.host.Trainer.fit`) picks run mode or the per-step protocol.
 """
 
 from __future__ import annotations
@@ -39,14 +42,15 @@ import numpy as np
 
 from dpfm.config import Config
 from dpfm.host.checkpoint import load_checkpoint, save_checkpoint, state_to_dict
-from dpfm.host.trainer import Trainer
+from dpfm.host.trainer import MODES, Trainer
 from dpfm.reference import MLP, FixedFormat, Formats, resolve_k
 from dpfm.reference.estimators import check_estimator
 from dpfm.reference.mlp import param_layout
 from dpfm.tasks import Task
 
 __all__ = ["Trained", "ReferenceBackend", "HostBackend", "BACKENDS", "BACKEND_HELP",
-           "TRANSPORTS", "get_backend", "hw_config", "open_transport", "RUN_KEYS"]
+           "TRANSPORTS", "get_backend", "hw_config", "open_transport", "transport_class",
+           "RUN_KEYS", "MODES"]
 
 #: The transports a :class:`HostBackend` opens.
 TRANSPORTS = ("emulator", "verilator", "pynq")
@@ -149,21 +153,27 @@ def hw_config(spec) -> Config:
                   formats=formats, policy="stream")
 
 
-def open_transport(name: str, config, **options):
-    """Open the transport ``name`` (one of :data:`TRANSPORTS`) for ``config``."""
+def transport_class(name: str):
+    """The :class:`~dpfm.host.transport.Transport` subclass of ``name`` (one of
+    :data:`TRANSPORTS`), imported only now."""
     if name == "emulator":
         from dpfm.host.emulator import EmulatorTransport
 
-        return EmulatorTransport(config, **options)
+        return EmulatorTransport
     if name == "verilator":
         from dpfm.host.verilator import VerilatorTransport
 
-        return VerilatorTransport(config, **options)
+        return VerilatorTransport
     if name == "pynq":
         from dpfm.host.pynq import PynqTransport
 
-        return PynqTransport(config, **options)
+        return PynqTransport
     raise ValueError(f"unknown transport {name!r}; known: {', '.join(TRANSPORTS)}")
+
+
+def open_transport(name: str, config, **options):
+    """Open the transport ``name`` (one of :data:`TRANSPORTS`) for ``config``."""
+    return transport_class(name)(config, **options)
 
 
 class HostBackend:
@@ -176,6 +186,9 @@ class HostBackend:
     save, resume : path, optional
         Checkpoint written after every epoch / run resumed (the spec's ``save`` and
         ``resume`` keys take precedence).
+    mode : str
+        ``auto`` (default: run mode when the transport has it), ``run`` or ``step``
+        (:meth:`dpfm.host.Trainer.fit`).
     options : dict
         Keyword arguments of the transport's constructor.
 
@@ -185,15 +198,22 @@ class HostBackend:
         The hardware fields of the last :meth:`train` (also set as ``Trained.extra``).
     """
 
-    def __init__(self, transport: str, *, save=None, resume=None, **options):
+    def __init__(self, transport: str, *, save=None, resume=None, mode: str = "auto", **options):
         if transport not in TRANSPORTS:
             raise ValueError(f"unknown transport {transport!r}; known: {', '.join(TRANSPORTS)}")
+        if mode not in MODES:
+            raise ValueError(f"unknown mode {mode!r}; known: {', '.join(MODES)}")
         self.transport = self.name = transport
-        self.save, self.resume, self.options = save, resume, options
+        self.save, self.resume, self.mode, self.options = save, resume, mode, options
         self.last_extra: dict = {}
 
     def __repr__(self):
-        return f"HostBackend({self.transport!r})"
+        return f"HostBackend({self.transport!r}, mode={self.mode!r})"
+
+    def with_mode(self, mode: str) -> "HostBackend":
+        """The same backend training in ``mode``."""
+        return HostBackend(self.transport, save=self.save, resume=self.resume, mode=mode,
+                           **self.options)
 
     def check(self, spec) -> None:
         """Validate what this backend needs before anything runs (ValueError, naming it)."""
@@ -203,6 +223,9 @@ class HostBackend:
                              f"'stream' order only; use --backend numpy or fixed for "
                              f"{spec['policy']!r}")
         config = hw_config(spec)                # ConfigError (a ValueError) names the value
+        if self.mode == "run" and not transport_class(self.transport).supports_run:
+            raise ValueError(f"--mode run: the {self.transport} transport has no run mode "
+                             f"(use --mode step or auto)")
         if self.transport == "pynq":
             from dpfm.host.pynq import check_available
 
@@ -229,19 +252,28 @@ class HostBackend:
             def on_epoch(fs):
                 save_checkpoint(save, state_to_dict(fs, config=config, run=run))
 
+            mode = trainer.resolve_mode(self.mode)
             cycles0 = transport.total_cycles
+            accesses0 = transport.bus_accesses
             t1 = time.perf_counter()
             hist = trainer.fit(task.X_train, task.y_train, epochs=spec["epochs"], lr=spec["lr"],
                                update=spec["update"], validation=(task.X_val, task.y_val),
                                seed=spec["seed"], progress=progress, classify=task.classify,
-                               state=state, on_epoch=None if save is None else on_epoch)
+                               state=state, on_epoch=None if save is None else on_epoch,
+                               mode=mode)
             fit_s = time.perf_counter() - t1
+            fit_accesses = transport.bus_accesses - accesses0
             params = trainer.weights()
+            epochs_run = spec["epochs"] - (0 if state is None else state.epoch)
+            info = _transport_info(transport, open_s, fit_s, cycles0)
+            info.update(mode=mode, bus_accesses={
+                "total": transport.bus_accesses, "fit": fit_accesses,
+                "per_epoch": fit_accesses / epochs_run if epochs_run > 0 else None})
             extra = {
                 "cycles_per_step": trainer.cycle_stats.mean if transport.counts_cycles else None,
                 "cycles": trainer.cycle_stats.to_dict() if transport.counts_cycles else None,
                 "hw_config": {**config.to_dict(), "hash": config.hash},
-                "transport": _transport_info(transport, open_s, fit_s, cycles0),
+                "transport": info,
                 "resumed_from_epoch": None if state is None else state.epoch,
             }
         tr = Trained(np.asarray(params, dtype=np.float64), list(hist.train_loss),

@@ -7,7 +7,8 @@
                [--seed 0] [--corpus N] [--net 4,5,5,1] [--act sigmoid,sigmoid,linear]
                [--fixed BITS.FRAC] [--policy exact|stream] [--json run.json] [--plot run.png]
                [--estimator topk|topk-per-layer|randk|forward-gradient|multi-tangent]
-               [--layer-k K,K,...] [--save CKPT] [--resume CKPT] [--quiet]
+               [--layer-k K,K,...] [--save CKPT] [--resume CKPT] [--mode auto|run|step]
+               [--quiet]
     dpfm sweep ... --k 2,4,8,16,32,64,full --corpus 50,100,200,400
                [--jobs N | --scheduler tcp://HOST:8786]
     dpfm synth ...      (dpfm.rtl.synth)
@@ -28,7 +29,7 @@ import textwrap
 import time
 
 from dpfm import runs
-from dpfm.backends import BACKEND_HELP, BACKENDS
+from dpfm.backends import BACKEND_HELP, BACKENDS, MODES, HostBackend
 from dpfm.config import ConfigError
 from dpfm.files import check_output_path, write_json
 from dpfm.reference import POLICIES, UPDATES
@@ -130,6 +131,11 @@ def _add_run_arguments(p, sweep: bool):
         p.add_argument("--save", metavar="CKPT",
                        help="hardware backends: write a checkpoint after every epoch (atomically)")
         p.add_argument("--resume", metavar="CKPT", help="hardware backends: continue from a checkpoint")
+        p.add_argument("--mode", choices=MODES,
+                       help="hardware backends: run (the engine trains whole epochs from one "
+                            "memory buffer, the host polls), step (the host drives every step "
+                            "over the register bus; for debugging) or auto (run where the "
+                            "engine has it; the default)")
     p.add_argument("--json", metavar="FILE", help="write the result as JSON")
     p.add_argument("--plot", metavar="FILE.png", help="write a plot (.png, .pdf, .svg, ...)")
     if sweep:
@@ -177,6 +183,17 @@ def _base_config(args) -> dict:
         "seed": args.seed, "fixed": args.fixed, "estimator": args.estimator,
         "layer_k": args.layer_k,
     }
+
+
+def _mode_backend(args):
+    """The backend of ``--backend`` training in ``--mode`` (None: the registered one)."""
+    if args.mode is None:
+        return None
+    backend = BACKENDS.get(args.backend)
+    if not isinstance(backend, HostBackend):
+        raise ValueError(f"--mode applies to the hardware backends (verilator, pynq), "
+                         f"not to {args.backend!r}")
+    return backend.with_mode(args.mode)
 
 
 def _check_outputs(args):
@@ -240,7 +257,7 @@ def cmd_train(args) -> int:
     try:
         config = {**_base_config(args), "k": args.k, "corpus": args.corpus,
                   "save": args.save, "resume": args.resume}
-        prep = prepare(config)
+        prep = prepare(config, _mode_backend(args))
         _check_outputs(args)
     except INPUT_ERRORS as e:
         return _fail(e)

@@ -22,19 +22,20 @@ outside the standard library and numpy when it is imported, so it runs on the bo
         trainer = Trainer(cfg, bus)             # checks ID and CONFIG_HASH
         trainer.load_weights(MLP(cfg.net, cfg.activations, seed=0))
         history = trainer.fit(X, y, epochs=250, lr=0.01, update="maxnorm",
-                              validation=(Xv, yv), seed=0)
+                              validation=(Xv, yv), seed=0)   # run mode where the engine has it
         weights = trainer.weights()
 """
 
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .emulator import EmulatorTransport
 from .pynq import PynqTransport
-from .trainer import CycleStats, FitState, StepRefused, StepResult, Trainer
-from .transport import (BusError, HardwareMismatch, Transport, TransportError, TransportTimeout,
-                        TransportUnavailable)
+from .trainer import CycleStats, FitState, RunFailed, StepRefused, StepResult, Trainer
+from .transport import (BusError, HardwareMismatch, RunBuffer, Transport, TransportError,
+                        TransportTimeout, TransportUnavailable)
 from .verilator import VerilatorTransport
 
-__all__ = ["Trainer", "StepResult", "CycleStats", "FitState", "StepRefused", "Transport",
+__all__ = ["Trainer", "StepResult", "CycleStats", "FitState", "StepRefused", "RunFailed",
+           "Transport", "RunBuffer",
            "TransportError", "BusError", "TransportTimeout", "TransportUnavailable",
            "HardwareMismatch", "EmulatorTransport", "VerilatorTransport", "PynqTransport",
            "save_checkpoint", "load_checkpoint", "CheckpointError"]

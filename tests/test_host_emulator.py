@@ -327,7 +327,8 @@ def test_hw_config_from_spec():
         backend.check({**spec, "k": 16, "policy": "exact"})
 
 
-def test_sigint_keeps_the_last_checkpoint_and_resume_finishes_the_run(tmp_path):
+@pytest.mark.parametrize("mode", ["run", "step"])
+def test_sigint_keeps_the_last_checkpoint_and_resume_finishes_the_run(tmp_path, mode):
     import signal
     import subprocess
     import sys
@@ -339,10 +340,10 @@ def test_sigint_keeps_the_last_checkpoint_and_resume_finishes_the_run(tmp_path):
     ckpt = tmp_path / "run.ckpt"
     code = ("import sys, json; from dpfm import runs; from dpfm.backends import HostBackend; "
             "runs.run({**json.loads(sys.argv[1]), 'save': sys.argv[2]}, "
-            "backend=HostBackend('emulator'))")
+            "backend=HostBackend('emulator', mode=sys.argv[3]))")
     # A shell's background job starts with SIGINT ignored, and Python keeps an inherited
     # SIG_IGN: give the child the default disposition so it raises KeyboardInterrupt.
-    proc = subprocess.Popen([sys.executable, "-c", code, json.dumps(args), str(ckpt)],
+    proc = subprocess.Popen([sys.executable, "-c", code, json.dumps(args), str(ckpt), mode],
                             stderr=subprocess.PIPE, text=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
