@@ -88,6 +88,7 @@ class _Run:
     lr_q: int
     sgd: tuple                # (c_q, cs) of a full batch
     sgd_last: tuple           # (c_q, cs) of the epoch's last, smaller batch
+    settings: dict            # BATCH_N, UPDATE, SGD_CQ, SGD_CS before the run (restored after)
     epoch: int = 0            # epochs finished
     stop: bool = False        # CTRL.stop seen
     in_progress: bool = False  # an epoch was begun and not committed
@@ -277,13 +278,12 @@ class EmulatorTransport(Transport):
         self._rw[target.name] = value
 
     def _control(self, value):
+        if self._running() and value & (1 << CTRL["start"] | 1 << CTRL["run"]):
+            raise _Refused                     # a step or a second run while a run goes on
         if value >> CTRL["clear_flags"] & 1:
             self._flags = 0
         if value >> CTRL["start"] & 1:
-            if self._running():
-                self._refuse(StartError.BUSY)
-            else:
-                self._start()
+            self._start()
         if value >> CTRL["run"] & 1:
             self._start_run()
         if value >> CTRL["stop"] & 1 and self._running():
@@ -393,7 +393,11 @@ class EmulatorTransport(Transport):
         return buf
 
     def _memory(self, addr: int, nwords: int) -> np.ndarray:
-        """The ``nwords`` words at bus address ``addr`` (a view); DECERR outside the buffers."""
+        """The ``nwords`` words at bus address ``addr`` (a view); ADDRESS when the access
+        begins past the 32-bit address space (the engine does not issue it), DECERR outside
+        the buffers."""
+        if addr >= 1 << 32:
+            raise _RunStop(RunError.ADDRESS, addr & 0xFFFFFFFF)
         for r in self._regions:
             if r.address <= addr < min(r.address + r.nbytes, self.memory_end):
                 end = min(r.address + r.nbytes, self.memory_end)
@@ -414,9 +418,6 @@ class EmulatorTransport(Transport):
 
     # -- run mode: the sequencer ----------------------------------------------------------------
     def _start_run(self):
-        if self._running():                     # a second CTRL.run ends the run in progress
-            self._end_run(RunError.BUSY)
-            return
         if self._busy():
             self._run_status = RunError.BUSY << RUN_STATUS["error_shift"]
             return
@@ -427,21 +428,21 @@ class EmulatorTransport(Transport):
         if any(a % RUN_ALIGN for a in addr.values()):
             self._run_status = RunError.MISALIGNED << RUN_STATUS["error_shift"]
             return
-        extent = {"TRAIN": layout.n_train * layout.row_words, "VAL": layout.n_val * layout.row_words,
-                  "PERM": layout.epochs * layout.steps * layout.perm_stride,
-                  "LOG": layout.epochs * LOG_WORDS, "SNAP": layout.epochs * layout.snap_words}
-        if any(addr[a] + 4 * extent[a] > 1 << 32 for a in _AREAS):
-            self._run_status = RunError.ADDRESS << RUN_STATUS["error_shift"]
+        if rw["UPDATE"] not in (UPDATE["sgd"], UPDATE["maxnorm"]):
+            self._run_status = RunError.UPDATE << RUN_STATUS["error_shift"]
             return
+        self._flags &= ~_SAT_MASK               # steps count the saturations they raise
         self._run = _Run(addr, layout, bool(rw["RUN_OPTS"] >> RUN_OPTS["classify"] & 1),
                          rw["UPDATE"], rw["LR_Q"], (rw["SGD_CQ"], rw["SGD_CS"]),
-                         (rw["SGD_CQ_LAST"], rw["SGD_CS_LAST"]))
+                         (rw["SGD_CQ_LAST"], rw["SGD_CS_LAST"]),
+                         {k: rw[k] for k in ("BATCH_N", "UPDATE", "SGD_CQ", "SGD_CS")})
         self._run_status = 1 << RUN_STATUS["running"]
         if layout.epochs == 0:
             self._end_run()
 
     def _end_run(self, code=0, addr=None, *, stopped=False):
         epochs = self._run.epoch
+        self._rw.update(self._run.settings)     # the settings the host wrote before the run
         if code:
             state = code << RUN_STATUS["error_shift"]
             if addr is not None:

@@ -370,6 +370,8 @@ class RunSequencer(wiring.Component):
                                  self.err_addr.eq(0)]
                     with m.If(addr_regs != 0):
                         m.d.sync += err.eq(RunError.MISALIGNED)
+                    with m.Elif((self.update != UPDATE["sgd"]) & (self.update != UPDATE["maxnorm"])):
+                        m.d.sync += err.eq(RunError.UPDATE)     # a run trains: sgd or maxnorm
                     with m.Elif(self.epochs == 0):
                         m.d.sync += self.done.eq(1)
                     with m.Else():
@@ -425,10 +427,10 @@ class RunSequencer(wiring.Component):
             with m.State("COUNT"):
                 m.d.comb += [pend_dec.eq(1),
                              self.flags_clear.eq(sum(1 << FLAGS[f] for f in SAT_FLAGS))]
-                m.d.sync += flags_or.eq(flags_or | self.flags)
                 with m.Switch(d_phase):
                     with m.Case(PHASE_TRAIN):
                         m.d.sync += [
+                            flags_or.eq(flags_or | self.flags),
                             sums["steps"].eq(sums["steps"] + 1),
                             sums["cyc"].eq(sums["cyc"] + self.cycles),
                             sums["mul"].eq(sums["mul"] + self.mul_busy),

@@ -342,18 +342,15 @@ def test_last_smaller_batch_with_a_zero_sgd_scale_is_refused_after_the_full_ones
     _expect_run_failed(data, t, RunError.SGD_SCALE_ZERO, 0, update="sgd", lr=0.05)
 
 
-def test_run_while_running_is_busy(sum4):
-    t = EmulatorTransport(CFG)
-    ctrl = t.regmap["CTRL"].offset
-
-    def on_epoch(state):
-        if state.epoch == 1:
-            t.write(ctrl, RUN_WORD)
-
-    with pytest.raises(RunFailed) as e:
-        fit(sum4, "run", epochs=4, transport=t, on_epoch=on_epoch)
-    assert e.value.code == RunError.BUSY and e.value.epochs == 1
-    assert np.array_equal(Trainer(CFG, t).weights_raw(), step_weights(sum4, 1))
+def test_run_or_step_while_running_is_refused_and_the_run_goes_on(sum4):
+    t, layout, buf = _started_run(sum4)
+    m = t.regmap
+    t.poll_run()
+    for ctrl in (RUN_WORD, 1 << CTRL["start"]):
+        with pytest.raises(BusError):
+            t.write(m["CTRL"].offset, ctrl)
+    statuses = [run_status_fields(t.poll_run()) for _ in range(2)]
+    assert statuses[-1]["done"] and statuses[-1]["epochs"] == 3 and statuses[-1]["error"] == 0
 
 
 def test_run_while_a_step_is_busy_is_refused():
@@ -368,7 +365,13 @@ def test_run_while_a_step_is_busy_is_refused():
     assert f["error"] == RunError.BUSY and not f["running"]
 
 
-def _started_run(data, epochs=3, transport=None):
+def _sum4_rows(n):
+    from dpfm.tasks import load_task
+    task = load_task("sum4", corpus=2 * n)
+    return task.X_train[:n], task.y_train[:n], task.X_val[:10], task.y_val[:10]
+
+
+def _started_run(data, epochs=3, transport=None, hold=False):
     """A run started by hand over ``data`` (register level); ``(transport, layout, buffer)``."""
     from dpfm.rtl.protocol import pack_run
 
@@ -383,7 +386,8 @@ def _started_run(data, epochs=3, transport=None):
     m = t.regmap
     for name, value in run_setting_words(CFG, layout, buf.address, "maxnorm", 0.01):
         t.write(m[name].offset, word(value))
-    t.write(m["CTRL"].offset, RUN_WORD)
+    if not hold:
+        t.write(m["CTRL"].offset, RUN_WORD)
     return t, layout, buf
 
 
@@ -396,8 +400,8 @@ def test_while_running_writes_and_windows_are_refused_and_start_is_busy(sum4):
         with pytest.raises(BusError):
             t.write(addr, 1) if write else t.read(addr)
     assert t.read(m["FLAGS"].offset) >> FLAGS["bus_error"] & 1
-    t.write(m["CTRL"].offset, 1 << CTRL["start"])
-    assert t.read(m["STATUS"].offset) >> STATUS_ERROR_SHIFT & 0xFF == StartError.BUSY
+    with pytest.raises(BusError):
+        t.write(m["CTRL"].offset, 1 << CTRL["start"])
     statuses = [run_status_fields(t.poll_run()) for _ in range(3)]
     assert [s["epochs"] for s in statuses] == [1, 2, 3] and statuses[-1]["done"]
     # the refused accesses of the run show in the log (FLAGS.bus_error is left to the host)
@@ -406,16 +410,21 @@ def test_while_running_writes_and_windows_are_refused_and_start_is_busy(sum4):
     t.write(m["LR_Q"].offset, 1)                          # accepted again after the run
 
 
-def test_area_past_the_32_bit_end_is_refused():
+def test_access_past_the_32_bit_end_ends_the_run():
+    """The training rows moved to the top of the address space: the first step's first row
+    (index 399 put first in the batch order) lies past 4 GiB, so the engine never issues it."""
     t = EmulatorTransport(CFG)
     m = t.regmap
-    for name, value in (("RUN_TRAIN_ADDR", 0xFFFFF000), ("RUN_TRAIN_N", 1000), ("RUN_EPOCHS", 1),
-                        ("RUN_VAL_ADDR", 0), ("RUN_PERM_ADDR", 0), ("RUN_LOG_ADDR", 0),
-                        ("RUN_SNAP_ADDR", 0)):
-        t.write(m[name].offset, value)
+    data = _sum4_rows(400)
+    t, layout, buf = _started_run(data, transport=t, hold=True)
+    slot = layout.perm_slot(0, 0)
+    rest = [i for i in range(400) if i != 399]
+    buf.words[slot:slot + CFG.batch] = [399] + rest[:CFG.batch - 1]
+    t.write(m["RUN_TRAIN_ADDR"].offset, 0xFFFFF000)
     t.write(m["CTRL"].offset, RUN_WORD)
-    f = run_status_fields(t.read(m["RUN_STATUS"].offset))
-    assert f["error"] == RunError.ADDRESS and not f["running"]
+    f = run_status_fields(t.poll_run())
+    assert f["error"] == RunError.ADDRESS and not f["running"] and f["epochs"] == 0
+    assert t.read(m["RUN_ERR_ADDR"].offset) == (0xFFFFF000 + 399 * 4 * layout.row_words) & 0xFFFFFFFF
 
 
 class SilentEmulator(EmulatorTransport):
