@@ -201,6 +201,8 @@ class PynqTransport(Transport):
     """
 
     name = "pynq"
+    #: A board build may have run mode; whether this one has is known once it is opened.
+    supports_run = True
     reports_bus_errors = False
 
     def __init__(self, config, bitfile=None, *, download: bool = True):
