@@ -43,6 +43,9 @@ def _lookup_layout(config: Config) -> data.StructLayout:
         "neg": 1,
         "nonzero": 1,                # val != 0 and valid (else it changes nothing)
         "same_idx": 1,               # nonzero, with the index of the candidate before it
+        "p_mag": unsigned(bits),     # the held partial in the list after stage 3 moved on:
+        "p_neg": 1,                  #   its magnitude, sign and whether there is one
+        "p_held": 1,                 #   (stage 3 may still change it: see TopKMerger)
     })
 
 
@@ -285,16 +288,9 @@ class TopKMerger(wiring.Component):
         ]
 
         # ============ stage 2: sum the candidate with its held partial ====================
-        # The partial is the one in the list after stage 3: the cell `lk_hit` points at
-        # (hit bits already in the current list's positions), unless stage 3 changes it.
-        p_mag = Signal(bits, name="cell_mag")
-        p_neg = Signal(name="cell_neg")
-        p_held = Signal(name="cell_held")
-        m.d.comb += [
-            p_mag.eq(_or_all([Mux(lk_hit[u], cells[u].mag, 0) for u in range(k)])),
-            p_neg.eq((lk_hit & Cat(c.neg for c in cells)).any()),
-            p_held.eq((lk_hit & occupied).any()),
-        ]
+        # The partial was picked in stage 1 (`lk.p_*`) from the list as the entry placed
+        # then left it; the entry in stage 3 now may still change it (forwarded below).
+        p_mag, p_neg, p_held = lk.p_mag, lk.p_neg, lk.p_held
         fwd = Signal(name="fwd")                   # the same index as the entry in stage 3
         m.d.comb += fwd.eq(en.nonzero & lk.same_idx)
         # Two sums in parallel: with the cell's partial and with the entry in stage 3.
@@ -337,7 +333,30 @@ class TopKMerger(wiring.Component):
         # every index compare is gated: a zero or idle candidate matches nothing
         c_hit = Signal(k, name="cand_hit")
         m.d.comb += c_hit.eq(Cat((c.idx == cand.idx) & c_nz for c in cells))
-        lk_hit_next = moved("lookup_hit_next", c_hit, (en.idx == cand.idx) & c_nz)
+        c_same = Signal(name="cand_same_idx")     # the entry in stage 3 has this index
+        m.d.comb += c_same.eq((en.idx == cand.idx) & c_nz)
+        lk_hit_next = moved("lookup_hit_next", c_hit, c_same)
+        # The held partial as stage 3 leaves the list: the hit cell's, unless stage 3 closes
+        # the list, places an entry with this index (its sum) or removes it (nothing), or
+        # evicts the hit cell; picked here so that stage 2's adders start from registers.
+        c_p_mag = Signal(bits, name="cand_partial_mag")
+        c_p_neg = Signal(name="cand_partial_neg")
+        c_p_held = Signal(name="cand_partial_held")
+        with m.If(clear):
+            m.d.comb += [c_p_mag.eq(0), c_p_neg.eq(0), c_p_held.eq(0)]
+        with m.Elif(c_same & en.nonzero):
+            with m.If(en_placed):
+                m.d.comb += [c_p_mag.eq(en.mag), c_p_neg.eq(en.neg), c_p_held.eq(1)]
+            with m.Else():
+                m.d.comb += [c_p_mag.eq(0), c_p_neg.eq(0), c_p_held.eq(0)]
+        with m.Elif(c_hit[k - 1] & evict):
+            m.d.comb += [c_p_mag.eq(0), c_p_neg.eq(0), c_p_held.eq(0)]
+        with m.Else():
+            m.d.comb += [
+                c_p_mag.eq(_or_all([Mux(c_hit[u], cells[u].mag, 0) for u in range(k)])),
+                c_p_neg.eq((c_hit & Cat(c.neg for c in cells)).any()),
+                c_p_held.eq((c_hit & occupied).any()),
+            ]
 
         # ============ state ===============================================================
         with m.If(advance):
@@ -350,6 +369,9 @@ class TopKMerger(wiring.Component):
                 lk.neg.eq(c_neg),
                 lk.nonzero.eq(c_nz),
                 lk.same_idx.eq((lk.idx == cand.idx) & c_nz),
+                lk.p_mag.eq(c_p_mag),
+                lk.p_neg.eq(c_p_neg),
+                lk.p_held.eq(c_p_held),
                 lk_hit.eq(lk_hit_next),
                 en.valid.eq(lk.valid),
                 en.last.eq(lk.last),
