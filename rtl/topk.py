@@ -239,10 +239,14 @@ class TopKMerger(wiring.Component):
         cand = self.i.payload
         advance = Signal()                         # every stage register moves on this cycle
         clear = Signal()                           # the entry being placed closes its list
+        # `closing` is a copy of `en.valid & en.last` in a register of its own, so that
+        # `i.ready` (which the engine's global stall ORs over every lane) is one LUT from
+        # flops and does not share the net of `advance`, which enables every stage register.
+        closing = Signal(name="closing")
         m.d.comb += [
             clear.eq(en.valid & en.last),
             advance.eq(~(clear & self.o.valid & ~self.o.ready)),
-            self.i.ready.eq(advance),
+            self.i.ready.eq(~(closing & self.o.valid & ~self.o.ready)),
         ]
 
         # ============ stage 3: place the entry (cells -> next) ============================
@@ -387,6 +391,7 @@ class TopKMerger(wiring.Component):
                 lk.p_neg.eq(c_p_neg),
                 lk.p_held.eq(c_p_held),
                 lk_hit.eq(lk_hit_next),
+                closing.eq(lk.valid & lk.last),
                 en.valid.eq(lk.valid),
                 en.last.eq(lk.last),
                 en.idx.eq(lk.idx),
