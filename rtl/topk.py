@@ -43,6 +43,9 @@ def _lookup_layout(config: Config) -> data.StructLayout:
         "neg": 1,
         "nonzero": 1,                # val != 0 and valid (else it changes nothing)
         "same_idx": 1,               # nonzero, with the index of the candidate before it
+        "p_mag": unsigned(bits),     # the held partial in the list after stage 3 moved on:
+        "p_neg": 1,                  #   its magnitude, sign and whether there is one
+        "p_held": 1,                 #   (stage 3 may still change it: see TopKMerger)
     })
 
 
@@ -130,16 +133,19 @@ class TopKMerger(wiring.Component):
 
     1. *Lookup.*  The candidate's index is compared with every cell (``hit``: the cell that
        holds it, at most one held entry; empty cells, index 0, may match too and are
-       harmless).  ``|val|`` is formed and registered.
-    2. *Sum.*  The held partial is the one-hot OR of the hit cell's magnitude and sign; it is
-       added to the candidate in sign-magnitude (an adder, two subtractors and a saturation
-       test in parallel, saturating to ``2**(bits-1) - 1`` or ``2**(bits-1)``); without a
-       hit the result is the candidate itself.  The sum is registered with its index.
+       harmless).  ``|val|`` is formed and registered, and so is the *held partial*: the
+       one-hot OR of the hit cell's magnitude and sign, as the list will be once stage 3 has
+       placed its entry (see *Forwarding*).
+    2. *Sum.*  The registered partial is added to the candidate in sign-magnitude (an adder,
+       two subtractors and a saturation test in parallel, saturating to ``2**(bits-1) - 1``
+       or ``2**(bits-1)``); without a hit the result is the candidate itself.  The sum is
+       registered with its index.  The adders start from registers.
     3. *Insertion.*  The summed entry's ``{mag, ~idx}`` is compared with every cell as one
        unsigned compare (the (``|val|`` desc, ``idx`` asc) order), and every cell picks its
        next content from {left neighbour, itself, right neighbour, the new entry}: cells above
        the new place keep theirs, the one at the place takes the new entry, cells between the
-       place and a removed hit cell shift by one toward the hole.  Remove-and-reinsert of a
+       place and a removed hit cell shift by one toward the hole (the cells at and below the
+       hit cell are ``hit | -hit``, a prefix OR on a carry chain).  Remove-and-reinsert of a
        hit entry is one cycle.
 
     **Forwarding.**  Each candidate must see the list as left by every candidate before it,
@@ -151,6 +157,12 @@ class TopKMerger(wiring.Component):
       takes stage 3's entry is a hit when that entry has the candidate's index (compared in
       stage 1 against the entries in stages 2 and 3); a cell that is pushed out or removed
       takes its hit bit with it; nothing matches after a list closes.
+    - *The partial picked in stage 1 is the one stage 3 leaves.*  Stage 1 reads the cells
+      before stage 3 has placed its entry, so it picks as stage 3 will leave them: nothing
+      when stage 3 closes the list; when the entry in stage 3 has the candidate's index (and
+      is not zero), that entry if it is placed and nothing if it is not; nothing when the
+      hit cell is cell ``k-1`` and stage 3 evicts it; otherwise the hit cell's content (which
+      stage 3 may move, never change).
     - *The entry in stage 3 is summed into the one in stage 2.*  Stage 2 computes two sums
       in parallel, with the hit cell's partial and with the entry in stage 3, and picks one
       late, from stage 3's compare with cell ``k-1``: the entry in stage 3 has the same index
@@ -165,10 +177,15 @@ class TopKMerger(wiring.Component):
     and per hit bit, and ``idx_bits + bits + 1`` flip-flops for the working list plus as many
     for the output register and two hit bits, plus a conditional negator on the output.
     Shared: two more index compares (against stages 2 and 3), a ``k``-way one-hot select, two
-    sign-magnitude sums (each two adders, two subtractors and a compare) and about
-    ``3 * bits + 2 * idx_bits`` stage-register bits.  Everything grows linearly in ``k``; the
-    longest path of each stage (stage 2: one-hot select, add, late select; stage 3: magnitude
-    compare, prefix OR over ``k`` hit bits, cell multiplexer) grows with ``log k``.
+    sign-magnitude sums (each two adders, two subtractors and a compare), a ``k``-bit negation
+    (the prefix OR) and about ``4 * bits + 2 * idx_bits`` stage-register bits.  Everything
+    grows linearly in ``k``; the longest path of each stage (stage 1: index compare, one-hot
+    select, the choice of what stage 3 leaves; stage 2: add, late select; stage 3: magnitude
+    compare and the prefix OR's carry chain in parallel, cell multiplexer) grows with
+    ``log k`` (the carry chain with ``k / 4`` CARRY4 at 0.11 ns each).  By the timing ESTIMATE
+    (:mod:`dpfm.rtl.timing`) the worst path is 6.7, 6.8, 7.3 and 7.6 ns at ``k`` = 4, 16, 32
+    and 61 (stage 3 at k=4, 16 and 61: ``entry`` or ``entry_hit`` to a cell; stage 2 at
+    k=32: ``lookup`` to ``entry``).
     """
 
     def __init__(self, config: Config):
@@ -222,10 +239,14 @@ class TopKMerger(wiring.Component):
         cand = self.i.payload
         advance = Signal()                         # every stage register moves on this cycle
         clear = Signal()                           # the entry being placed closes its list
+        # `closing` is a copy of `en.valid & en.last` in a register of its own, so that
+        # `i.ready` (which the engine's global stall ORs over every lane) is one LUT from
+        # flops and does not share the net of `advance`, which enables every stage register.
+        closing = Signal(name="closing")
         m.d.comb += [
             clear.eq(en.valid & en.last),
             advance.eq(~(clear & self.o.valid & ~self.o.ready)),
-            self.i.ready.eq(advance),
+            self.i.ready.eq(~(closing & self.o.valid & ~self.o.ready)),
         ]
 
         # ============ stage 3: place the entry (cells -> next) ============================
@@ -237,7 +258,7 @@ class TopKMerger(wiring.Component):
         m.d.comb += before.eq(Cat(*(key_new > Cat(~c.idx, c.mag) for c in cells), Const(1, 1)))
         # shifted[u]: the hit cell is at or above u, so R[u] (the list without it) is cell u+1
         shifted = Signal(k, name="shifted")
-        m.d.comb += shifted.eq(Cat(*(en_hit[:u + 1].any() for u in range(k))))
+        m.d.comb += shifted.eq(_prefix_or(m, "shifted", en_hit))
         # place[u]: the new entry goes before R[u]
         place = Signal(k, name="place")
         m.d.comb += place.eq(Cat(*(Mux(shifted[u], before[u + 1], before[u]) & en.insert
@@ -285,16 +306,9 @@ class TopKMerger(wiring.Component):
         ]
 
         # ============ stage 2: sum the candidate with its held partial ====================
-        # The partial is the one in the list after stage 3: the cell `lk_hit` points at
-        # (hit bits already in the current list's positions), unless stage 3 changes it.
-        p_mag = Signal(bits, name="cell_mag")
-        p_neg = Signal(name="cell_neg")
-        p_held = Signal(name="cell_held")
-        m.d.comb += [
-            p_mag.eq(_or_all([Mux(lk_hit[u], cells[u].mag, 0) for u in range(k)])),
-            p_neg.eq((lk_hit & Cat(c.neg for c in cells)).any()),
-            p_held.eq((lk_hit & occupied).any()),
-        ]
+        # The partial was picked in stage 1 (`lk.p_*`) from the list as the entry placed
+        # then left it; the entry in stage 3 now may still change it (forwarded below).
+        p_mag, p_neg, p_held = lk.p_mag, lk.p_neg, lk.p_held
         fwd = Signal(name="fwd")                   # the same index as the entry in stage 3
         m.d.comb += fwd.eq(en.nonzero & lk.same_idx)
         # Two sums in parallel: with the cell's partial and with the entry in stage 3.
@@ -337,7 +351,30 @@ class TopKMerger(wiring.Component):
         # every index compare is gated: a zero or idle candidate matches nothing
         c_hit = Signal(k, name="cand_hit")
         m.d.comb += c_hit.eq(Cat((c.idx == cand.idx) & c_nz for c in cells))
-        lk_hit_next = moved("lookup_hit_next", c_hit, (en.idx == cand.idx) & c_nz)
+        c_same = Signal(name="cand_same_idx")     # the entry in stage 3 has this index
+        m.d.comb += c_same.eq((en.idx == cand.idx) & c_nz)
+        lk_hit_next = moved("lookup_hit_next", c_hit, c_same)
+        # The held partial as stage 3 leaves the list: the hit cell's, unless stage 3 closes
+        # the list, places an entry with this index (its sum) or removes it (nothing), or
+        # evicts the hit cell; picked here so that stage 2's adders start from registers.
+        c_p_mag = Signal(bits, name="cand_partial_mag")
+        c_p_neg = Signal(name="cand_partial_neg")
+        c_p_held = Signal(name="cand_partial_held")
+        with m.If(clear):
+            m.d.comb += [c_p_mag.eq(0), c_p_neg.eq(0), c_p_held.eq(0)]
+        with m.Elif(c_same & en.nonzero):
+            with m.If(en_placed):
+                m.d.comb += [c_p_mag.eq(en.mag), c_p_neg.eq(en.neg), c_p_held.eq(1)]
+            with m.Else():
+                m.d.comb += [c_p_mag.eq(0), c_p_neg.eq(0), c_p_held.eq(0)]
+        with m.Elif(c_hit[k - 1] & evict):
+            m.d.comb += [c_p_mag.eq(0), c_p_neg.eq(0), c_p_held.eq(0)]
+        with m.Else():
+            m.d.comb += [
+                c_p_mag.eq(_or_all([Mux(c_hit[u], cells[u].mag, 0) for u in range(k)])),
+                c_p_neg.eq((c_hit & Cat(c.neg for c in cells)).any()),
+                c_p_held.eq((c_hit & occupied).any()),
+            ]
 
         # ============ state ===============================================================
         with m.If(advance):
@@ -350,7 +387,11 @@ class TopKMerger(wiring.Component):
                 lk.neg.eq(c_neg),
                 lk.nonzero.eq(c_nz),
                 lk.same_idx.eq((lk.idx == cand.idx) & c_nz),
+                lk.p_mag.eq(c_p_mag),
+                lk.p_neg.eq(c_p_neg),
+                lk.p_held.eq(c_p_held),
                 lk_hit.eq(lk_hit_next),
+                closing.eq(lk.valid & lk.last),
                 en.valid.eq(lk.valid),
                 en.last.eq(lk.last),
                 en.idx.eq(lk.idx),
@@ -457,3 +498,14 @@ def _or_all(values):
     for v in values[1:]:
         acc = acc | v
     return acc
+
+
+
+def _prefix_or(m, name, bits):
+    """``out[u] = bits[0] | ... | bits[u]``: the bits at and above the lowest set one, which
+    is ``bits | -bits`` (two's complement), so the prefix runs along a carry chain instead of
+    a tree of LUTs that the LUT mapper may share into a long ripple of wide LUTs."""
+    n = len(bits)
+    neg = Signal(n, name=f"{name}_neg")
+    m.d.comb += neg.eq(-bits)
+    return bits | neg

@@ -295,8 +295,18 @@ def _forwarding_cases(lo, hi):
             [(1, hi), (2, 5), (1, 10), (2, lo), (2, lo)],   # one candidate apart
             [(2, lo), (1, hi), (1, hi), (2, 1), (1, -1)],   # |lo| sorts above hi
         ],
+        "two candidates apart": [                           # stage 1 picks as stage 3 leaves
+            [(1, 5), (1, 0), (9, 1), (1, 4)],               # a zero two before: 5 + 4
+            [(1, 5), (1, 0), (1, 4)],
+            [(1, 5), (2, 3), (1, -5), (3, 1), (1, 2)],      # removed two before: 2 alone
+            [(1, 5), (1, -5), (2, 3), (1, 2), (1, 1)],
+            full + [(9, 50), (8, 60), (4, 100)],            # evicted two before: 100 alone
+            full + [(3, 15), (9, 1), (3, 1)],               # re-placed two before: 36
+            full + [(8, 6), (9, 1), (8, 6)],                # not placed two before: 6 alone
+        ],
         "lists back to back": [
             [(1, 5), (1, 6)], [(1, 7)], [(1, -7)], [(1, 3), (1, -3)], [(2, 1)],
+            [(1, 5)], [(7, 1), (1, 3)], [(1, 5)], [(1, 2), (7, 1)],   # closed two before
             full, [(4, 1)], full + [(9, 50)], [(4, 2), (4, 2)],
         ],
     }
@@ -304,7 +314,8 @@ def _forwarding_cases(lo, hi):
 
 @pytest.mark.parametrize("case", ["repeated index back to back", "zero sum then the same index",
                                   "eviction of the entry just hit", "ties in magnitude",
-                                  "saturation at both ends", "lists back to back"])
+                                  "saturation at both ends", "two candidates apart",
+                                  "lists back to back"])
 def test_forwarding_corner_cases(case):
     """Candidates that hit the entry the one or two before them are changing: a repeated
     index, a sum of exactly zero followed by the same index, the entry in cell k-1 pushed out
@@ -327,6 +338,31 @@ def test_forwarding_k1():
              [(1, 4), (2, 5), (1, 10), (1, -10)], [(2, 5), (1, 5), (0, 5), (1, 1)]]
     for p_stall, p_busy in ((0.0, 0.0), (0.3, 0.5)):
         check_job(config, bench("k1").run(Job(lists=lists, seed=5, p_stall=p_stall, p_busy=p_busy)))
+
+
+def test_prefix_or_is_exhaustively_right():
+    """The stage-3 prefix OR (``hit | -hit``) against the naive OR of every prefix."""
+    from amaranth.hdl import Module, Signal
+    from dpfm.rtl.topk import _prefix_or
+
+    for n in (1, 2, 5, 7):
+        m = Module()
+        bits = Signal(n)
+        out = Signal(n)
+        m.d.comb += out.eq(_prefix_or(m, "p", bits))
+        sim = Simulator(m)
+        seen = []
+
+        async def testbench(ctx):
+            for x in range(1 << n):
+                ctx.set(bits, x)
+                seen.append((x, ctx.get(out)))
+
+        sim.add_testbench(testbench)
+        sim.run()
+        for x, got in seen:
+            want = sum(1 << u for u in range(n) if x & ((2 << u) - 1))
+            assert got == want, (n, x, got, want)
 
 
 def test_bad_config_refused():
