@@ -319,6 +319,8 @@ class DpfmOverlay(_Overlay):
     """
 
     def __init__(self, bitfile=None, *, download: bool = True, check_clock: bool = True, **kwargs):
+        if _pynq is None:
+            _Overlay.__init__(self)         # says that pynq is missing
         bitfile = Path(bitfile) if bitfile is not None else find_bitstream()
         super().__init__(str(bitfile), download=download, **kwargs)
         self.info, self.config = build_description(bitfile)
