@@ -51,11 +51,17 @@ BUILD_INFO = "dpfm.json"
 
 
 def default_bitstream() -> Path:
-    """``$DPFM_BITSTREAM``, else ``dpfm.bit`` of the board flow's default output folder
-    (``build/pynq-z2``)."""
+    """``$DPFM_BITSTREAM``, else ``dpfm.bit`` of the installed overlay package
+    (:mod:`dpfm.overlay`, where ``make overlay`` puts it and the wheel carries it) when there
+    is one, else of the board flow's default output folder (``build/pynq-z2``)."""
     env = os.environ.get(BITSTREAM_ENV)
     if env:
         return Path(env)
+    import dpfm
+
+    packaged = Path(dpfm.__file__).resolve().parent / "overlay" / "dpfm.bit"
+    if packaged.is_file():
+        return packaged
     from dpfm.toolchain import build_root
 
     return build_root() / "pynq-z2" / "dpfm.bit"

@@ -379,3 +379,27 @@ def test_pynq_allocate_run_mode(real_pynq, tmp_path):
     assert hist.train_loss == ref.train_loss and weights_sha256(dpfm.weights()) == sha
     assert device.cache_ops[0][0] == "flush"
     assert [op for op, _ in device.cache_ops].count("invalidate") == 3
+
+
+def test_entry_points_and_default_bitstream(tmp_path, monkeypatch):
+    """pyproject names the package folder for pynq; the pynq backend's default bitstream is
+    the packaged one when there is one."""
+    import tomllib
+    from pathlib import Path
+
+    import dpfm.host.pynq as hp
+    from dpfm.overlay import OVERLAY_DIR
+
+    project = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    eps = project["project"]["entry-points"]
+    assert eps["pynq.overlays"] == {"dpfm": "dpfm.overlay"}
+    assert eps["pynq.notebooks"] == {"dpfm": "dpfm.overlay.notebooks"}
+    monkeypatch.delenv("DPFM_BITSTREAM", raising=False)
+    packaged = OVERLAY_DIR / "dpfm.bit"
+    if not packaged.exists():
+        assert hp.default_bitstream().parent.name == "pynq-z2"
+        packaged.write_bytes(b"")
+        try:
+            assert hp.default_bitstream() == packaged
+        finally:
+            packaged.unlink()
