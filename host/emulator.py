@@ -452,13 +452,11 @@ class EmulatorTransport(Transport):
         self._run_status = state | epochs << RUN_STATUS["epoch_shift"]
         self._run = None
 
-    def poll_run(self, poll_s: float = 0.2) -> int:
+    def advance_run(self, poll_s: float = 0.2) -> None:
         """Run one more epoch of the run in progress (none when it has ended or a stop is
-        pending between epochs), then read RUN_STATUS once (no waiting: the model has no
-        clock)."""
+        pending between epochs); no waiting, no bus access (the model has no clock)."""
         if self._running():
             self._advance_run()
-        return self.read(self.regmap["RUN_STATUS"].offset)
 
     def _advance_run(self):
         run = self._run

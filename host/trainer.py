@@ -44,7 +44,8 @@ from .transport import (BusError, HardwareMismatch, TransportError, TransportTim
                         TransportUnavailable, sign_extend)
 
 __all__ = ["Trainer", "StepResult", "CycleStats", "FitState", "HardwareMismatch", "StepRefused",
-           "RunFailed", "flag_names", "run_plan", "MODES", "MAX_RUN_EPOCHS", "RUN_BUFFER_BUDGET"]
+           "RunFailed", "flag_names", "run_plan", "MODES", "MAX_RUN_EPOCHS", "RUN_BUFFER_BUDGET",
+           "MAX_POLL_S"]
 
 #: ``Trainer.fit(mode=...)``: ``auto`` (run mode when the transport has it), ``run``, ``step``.
 MODES = ("auto", "run", "step")
@@ -65,6 +66,10 @@ class StepRefused(TransportError):
         self.code = code
         reason = ERRORS.get(code, "unknown error code")
         super().__init__(f"the engine refused the step: error {code} ({reason}){detail}")
+
+
+#: Longest wait between two RUN_STATUS reads of a run (seconds).
+MAX_POLL_S = 10.0
 
 
 class RunFailed(TransportError):
@@ -570,14 +575,23 @@ class Trainer:
         done = 0                        # epochs of this run reported
         interrupted = False
         last_move = time.monotonic()
+        # RUN_STATUS is read about twice per epoch however long an epoch takes: the wait
+        # doubles while no epoch ends, up to half the last epoch's time (and MAX_POLL_S)
+        interval, epoch_s = self.poll_s, None
         try:
             while True:
                 try:
-                    status = t.poll_run(self.poll_s)
+                    status = t.poll_run(interval)
                     fields = run_status_fields(status)
                     if fields["epochs"] > done:
                         buf.invalidate()
-                        last_move = time.monotonic()
+                        now = time.monotonic()
+                        epoch_s = (now - last_move) / (fields["epochs"] - done)
+                        last_move = now
+                        interval = max(self.poll_s, min(interval, epoch_s / 2))
+                    else:
+                        cap = MAX_POLL_S if epoch_s is None else min(MAX_POLL_S, epoch_s / 2)
+                        interval = max(self.poll_s, min(2 * interval, cap))
                     while done < min(fields["epochs"], count):
                         log = parse_log(buf.words, layout, done)
                         if log.epoch != done & 0xFFFF:
@@ -600,6 +614,7 @@ class Trainer:
                         raise
                     interrupted = True          # stop at the epoch's end, report, re-raise
                     t.write(ctrl, STOP_WORD)
+                    interval = self.poll_s
         except BaseException:
             self._abandon_run(buf, layout, done, start_weights, patience)
             raise

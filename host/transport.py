@@ -227,10 +227,14 @@ class Transport(abc.ABC):
         has no run mode or the memory cannot be had."""
         raise TransportUnavailable(f"{self.name}: this transport has no run mode")
 
-    def poll_run(self, poll_s: float = 0.2) -> int:
-        """Let a started run go on for about ``poll_s`` seconds (or until it ends), then
-        read RUN_STATUS once and return it."""
+    def advance_run(self, poll_s: float = 0.2) -> None:
+        """Let a started run go on for about ``poll_s`` seconds, without a bus access (the
+        board waits; a model simulates)."""
         time.sleep(poll_s)
+
+    def poll_run(self, poll_s: float = 0.2) -> int:
+        """:meth:`advance_run`, then read RUN_STATUS once and return it."""
+        self.advance_run(poll_s)
         return self.read(self.regmap["RUN_STATUS"].offset)
 
     def reset(self) -> None:

@@ -443,14 +443,13 @@ class VerilatorTransport(Transport):
         self._lib.dpfm_mem_counts(self._handle(), ctypes.byref(r), ctypes.byref(w))
         return r.value, w.value
 
-    def poll_run(self, poll_s: float = 0.2) -> int:
-        """Simulate about ``poll_s`` seconds' worth of cycles, then read RUN_STATUS once."""
+    def advance_run(self, poll_s: float = 0.2) -> None:
+        """Simulate about ``poll_s`` seconds' worth of cycles (no bus access)."""
         t0 = time.perf_counter()
         self._lib.dpfm_tick(self._handle(), self._poll_cycles)
         dt = time.perf_counter() - t0
         if dt > 0:
             self._poll_cycles = int(min(max(self._poll_cycles * poll_s / dt, 4096), 1 << 26))
-        return self.read(self.regmap["RUN_STATUS"].offset)
 
     # -- bus --------------------------------------------------------------------------------
     def _handle(self):
