@@ -46,7 +46,7 @@ from dpfm.rtl.protocol import START_WORD
 from .transport import (BUSY_MASK, READY_MASK, BusError, RunBuffer, Transport, TransportError,
                         TransportTimeout, TransportUnavailable)
 
-__all__ = ["VerilatorTransport", "HarnessBuild", "build_harness", "source_digest", "HARNESS_CPP",
+__all__ = ["VerilatorTransport", "MEMORY_ENV", "parse_memory_setting", "HarnessBuild", "build_harness", "source_digest", "HARNESS_CPP",
            "TOP_NAME", "WRAPPER_NAME", "wrapper_verilog"]
 
 HARNESS_CPP = Path(__file__).resolve().parent / "harness" / "harness.cpp"
@@ -321,6 +321,25 @@ def _load(path: Path):
     return lib
 
 
+#: Environment variable with the simulated memory's behaviour for every VerilatorTransport
+#: (e.g. ``latency=24,stall_pct=20,long_stall_ppm=100,long_stall_cycles=300,seed=7``; see
+#: :meth:`VerilatorTransport.memory_config`), so that command-line runs meet stalls too.
+MEMORY_ENV = "DPFM_SIM_MEMORY"
+
+
+def parse_memory_setting(text: str) -> dict:
+    """``key=value,...`` of :meth:`VerilatorTransport.memory_config`; ValueError names a bad
+    item."""
+    keys = ("latency", "stall_pct", "long_stall_ppm", "long_stall_cycles", "seed")
+    out = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or key.strip() not in keys or not value.strip().isdigit():
+            raise ValueError(f"{MEMORY_ENV}: {item!r} is not one of {', '.join(k + '=N' for k in keys)}")
+        out[key.strip()] = int(value)
+    return out
+
+
 class _AttachedBuffer(RunBuffer):
     """The host's numpy buffer, served by the harness's simulated memory."""
 
@@ -385,6 +404,9 @@ class VerilatorTransport(Transport):
         self._buffer = None
         self._poll_cycles = 1 << 16       # cycles per poll_run, adapted to the simulation speed
         self.reset()
+        memory = os.environ.get(MEMORY_ENV)
+        if memory and self.supports_run:
+            self.memory_config(**parse_memory_setting(memory))
 
     # -- run mode ---------------------------------------------------------------------------
     #: Bus address at which :meth:`allocate` places its buffer (a multiple of 4096).

@@ -112,3 +112,13 @@ def test_trainer_reports_a_memory_error_in_one_line(transport, data, monkeypatch
     assert e.value.code == RunError.MEM_DECERR and "DECERR" in str(e.value)
     assert "\n" not in str(e.value)
     assert np.array_equal(tr.weights_raw(), before)
+
+
+@pytest.mark.parametrize("text,err", [("latency=5,stall_pct=x", "stall_pct=x"), ("speed=3", "speed=3"),
+                                      ("latency", "latency")])
+def test_memory_setting_from_the_environment_is_checked(text, err):
+    from dpfm.host.verilator import parse_memory_setting
+    with pytest.raises(ValueError, match=err):
+        parse_memory_setting(text)
+    assert parse_memory_setting("latency=24, stall_pct=20,seed=7") == \
+        {"latency": 24, "stall_pct": 20, "seed": 7}
