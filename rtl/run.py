@@ -23,6 +23,8 @@ latency is hidden whenever fetching a batch takes less time than computing one.
 
 from __future__ import annotations
 
+import contextlib
+
 from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal
 from amaranth.lib import fifo, wiring
 from amaranth.lib.wiring import In, Out
@@ -360,6 +362,20 @@ class RunSequencer(wiring.Component):
                         self.log_addr[:12], self.snap_addr[:12])
         wdata_ext = Signal(32)
         m.d.comb += wdata_ext.eq(self.w_data.as_signed())
+        @contextlib.contextmanager
+        def issue_burst(then):
+            """A 16-beat write burst at ``aw_ptr``, then state ``then`` (the body runs in the
+            cycle the address is taken); past the address space or after an error: BWAIT."""
+            with m.If(aw_ptr[32] | (err != 0)):
+                with m.If(err == 0):
+                    raise_error(RunError.ADDRESS, aw_ptr[:32])
+                m.next = "BWAIT"
+            with m.Else():
+                m.d.comb += [ax.awvalid.eq(1), ax.awaddr.eq(aw_ptr[:32]), ax.awlen.eq(15)]
+                with m.If(ax.awready):
+                    m.next = then
+                    yield
+
         with m.FSM(name="run"):
             with m.State("IDLE"):
                 with m.If(self.run & self.step_busy):
@@ -459,15 +475,8 @@ class RunSequencer(wiring.Component):
                     m.next = "WAIT"
             # ---- the weights after the epoch: 16-beat bursts, 2 cycles per beat
             with m.State("SNAP_AW"):
-                with m.If(aw_ptr[32] | (err != 0)):
-                    with m.If(err == 0):
-                        raise_error(RunError.ADDRESS, aw_ptr[:32])
-                    m.next = "BWAIT"
-                with m.Else():
-                    m.d.comb += [ax.awvalid.eq(1), ax.awaddr.eq(aw_ptr[:32]), ax.awlen.eq(15)]
-                    with m.If(ax.awready):
-                        m.d.sync += aw_ptr.eq(aw_ptr + 64)
-                        m.next = "SNAP_RD"
+                with issue_burst("SNAP_RD"):
+                    m.d.sync += aw_ptr.eq(aw_ptr + 64)
             with m.State("SNAP_RD"):       # w_addr = wp: W[wp] is on w_data next cycle
                 m.next = "SNAP_W"
             with m.State("SNAP_W"):
@@ -484,14 +493,8 @@ class RunSequencer(wiring.Component):
                         m.next = "SNAP_RD"
             # ---- the log entry: one 16-beat burst
             with m.State("LOG_AW"):
-                with m.If(aw_ptr[32] | (err != 0)):
-                    with m.If(err == 0):
-                        raise_error(RunError.ADDRESS, aw_ptr[:32])
-                    m.next = "BWAIT"
-                with m.Else():
-                    m.d.comb += [ax.awvalid.eq(1), ax.awaddr.eq(aw_ptr[:32]), ax.awlen.eq(15)]
-                    with m.If(ax.awready):
-                        m.next = "LOG_W"
+                with issue_burst("LOG_W"):
+                    pass
             with m.State("LOG_W"):
                 m.d.comb += [ax.wvalid.eq(1), ax.wdata.eq(log_arr[beat[:4]]),
                              ax.wlast.eq(beat == LOG_WORDS - 1)]
