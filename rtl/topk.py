@@ -121,7 +121,8 @@ class TopKMerger(wiring.Component):
     and not ``o.ready``); the whole pipeline holds then, so the stall falls on the one or two
     candidates after that ``last``, never on the ``last`` itself.  ``i.ready`` depends
     combinationally on ``o.ready`` and on registers only (not on ``i.valid`` or
-    ``i.payload``).
+    ``i.payload``), one LUT from them: a register of its own copies "the ``last`` is in stage
+    3" for it, apart from the net that enables the stage registers.
 
     **Storage format.**  The ``k`` working cells and the output register hold sign-magnitude
     entries ``{idx, mag: unsigned(bits), neg}`` (empty: ``mag == 0``, ``idx == 0``): the
@@ -164,7 +165,7 @@ class TopKMerger(wiring.Component):
       hit cell is cell ``k-1`` and stage 3 evicts it; otherwise the hit cell's content (which
       stage 3 may move, never change).
     - *The entry in stage 3 is summed into the one in stage 2.*  Stage 2 computes two sums
-      in parallel, with the hit cell's partial and with the entry in stage 3, and picks one
+      in parallel, with the partial picked in stage 1 and with the entry in stage 3, and picks one
       late, from stage 3's compare with cell ``k-1``: the entry in stage 3 has the same index
       (a repeated index) and ends up in the list (it is placed: a summed entry always is, a
       new one when it goes before cell ``k-1``) -> its sum; it sums to zero or is not placed
@@ -498,7 +499,6 @@ def _or_all(values):
     for v in values[1:]:
         acc = acc | v
     return acc
-
 
 
 def _prefix_or(m, name, bits):
