@@ -313,6 +313,7 @@ def _load(path: Path):
         "dpfm_mem_attach": (ctypes.c_int, [P, pU32, U64, U64]),
         "dpfm_mem_config": (ctypes.c_int, [P, U32, U32, U32, U32, U64]),
         "dpfm_mem_counts": (None, [P, ctypes.POINTER(U64), ctypes.POINTER(U64)]),
+        "dpfm_mem_slverr": (ctypes.c_int, [P, U64, U64]),
     }
     for fname, (res, args) in sigs.items():
         fn = getattr(lib, fname)
@@ -458,6 +459,13 @@ class VerilatorTransport(Transport):
             raise ValueError(f"stall_pct must be at most 99, not {stall_pct}")
         self._lib.dpfm_mem_config(self._handle(), latency, stall_pct, long_stall_ppm,
                                   long_stall_cycles, int(seed) & (2**64 - 1))
+
+    def memory_slverr(self, lo: int = 0, hi: int = 0) -> None:
+        """Make the simulated memory answer SLVERR to every access in bus addresses
+        ``[lo, hi)`` (a slave that refuses them); ``lo == hi`` (the default) clears it."""
+        if not 0 <= lo <= hi:
+            raise ValueError(f"an SLVERR window needs 0 <= lo <= hi, not [{lo:#x}, {hi:#x})")
+        self._lib.dpfm_mem_slverr(self._handle(), lo, hi)
 
     def memory_bursts(self) -> tuple:
         """``(reads, writes)``: bursts the simulated memory has answered so far."""

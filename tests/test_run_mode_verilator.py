@@ -122,3 +122,30 @@ def test_memory_setting_from_the_environment_is_checked(text, err):
         parse_memory_setting(text)
     assert parse_memory_setting("latency=24, stall_pct=20,seed=7") == \
         {"latency": 24, "stall_pct": 20, "seed": 7}
+
+
+def test_slverr_from_memory_ends_the_run_with_its_code(transport, data):
+    """The batch order of epoch 1 lies in a window the memory refuses (SLVERR): epoch 0
+    finishes whole, the run ends with error 18 and the address of the refused beat."""
+    Xt, yt, Xv, yv = data
+    fmt = CFG.formats.value
+    Xq, yq, Xvq, yvq = (fmt.quantize(a)[0] for a in (Xt, yt, Xv, yv))
+    layout = run_layout(CFG, len(Xq), len(Xvq), 3)
+    buf = transport.allocate(layout.nwords)
+    rng = np.random.default_rng(0)
+    pack_run(layout, buf.words, Xq, yq, Xvq, yvq, [rng.permutation(len(Xq)) for _ in range(3)])
+    bad = buf.address + 4 * layout.perm_slot(1, 0)
+    transport.memory_slverr(bad, bad + 4 * layout.perm_stride * layout.steps)
+    m = transport.regmap
+    try:
+        for name, value in run_setting_words(CFG, layout, buf.address, "maxnorm", 0.05):
+            transport.write(m[name].offset, word(value))
+        transport.write(m["CTRL"].offset, RUN_WORD)
+        for _ in range(400):
+            st = run_status_fields(transport.poll_run(0.05))
+            if not st["running"]:
+                break
+    finally:
+        transport.memory_slverr()
+    assert st["error"] == RunError.MEM_SLVERR and st["epochs"] == 1 and not st["done"], st
+    assert transport.read(m["RUN_ERR_ADDR"].offset) == bad

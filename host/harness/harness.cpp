@@ -50,6 +50,7 @@ static const uint64_t DPFM_BUS_TIMEOUT = 4096;
 struct Memory {
     uint32_t* words = nullptr;      // the host's buffer (not owned)
     uint64_t base = 0, nwords = 0;
+    uint64_t slverr_lo = 0, slverr_hi = 0;   // accesses in [lo, hi) answer SLVERR
     // behaviour
     uint32_t latency = 8;           // cycles from an accepted AR to its first beat
     uint32_t stall_pct = 0;         // chance (percent) that a channel is not ready / valid
@@ -75,6 +76,11 @@ struct Memory {
     bool inside(uint64_t addr) const {
         return words && addr >= base && addr + 4 <= base + 4 * nwords;
     }
+    // The response to a beat at addr: 0 OKAY, 2 SLVERR (the error window), 3 DECERR (outside).
+    int answer(uint64_t addr) const {
+        if (addr >= slverr_lo && addr < slverr_hi) return 2;
+        return inside(addr) ? 0 : 3;
+    }
     void drive(Vdpfm_engine* t, uint64_t now) {
         if (long_ppm && now >= stalled_until && next() % 1000000 < long_ppm)
             stalled_until = now + long_cycles;
@@ -88,9 +94,9 @@ struct Memory {
         if (r_go) {
             const Burst& b = reads.front();
             const uint64_t a = b.addr + 4ull * r_beat;
-            const bool ok = inside(a);
-            t->MAXI(rdata) = ok ? words[(a - base) / 4] : 0;
-            t->MAXI(rresp) = ok ? 0 : 3;
+            const int resp = answer(a);
+            t->MAXI(rdata) = resp == 0 ? words[(a - base) / 4] : 0;
+            t->MAXI(rresp) = resp;
             t->MAXI(rlast) = r_beat + 1 == b.beats;
         } else {
             t->MAXI(rdata) = 0;
@@ -118,10 +124,11 @@ struct Memory {
         if (w_go && t->MAXI(wvalid)) {
             const Burst& b = writes.front();
             const uint64_t a = b.addr + 4ull * w_beat;
-            if (inside(a) && t->MAXI(wstrb) == 0xF)
+            const int resp = answer(a);
+            if (resp == 0 && t->MAXI(wstrb) == 0xF)
                 words[(a - base) / 4] = t->MAXI(wdata);
-            else
-                w_err = 3;
+            else if (!w_err)
+                w_err = resp ? resp : 2;
             if (++w_beat == b.beats) {
                 resps.push_back({w_err, now + latency});
                 writes.pop_front();
@@ -280,6 +287,18 @@ DPFM_API int dpfm_mem_config(Harness* h, uint32_t latency, uint32_t stall_pct, u
     return 0;
 #else
     (void)h; (void)latency; (void)stall_pct; (void)long_ppm; (void)long_cycles; (void)seed;
+    return -1;
+#endif
+}
+
+// Accesses to bus addresses [lo, hi) answer SLVERR (a slave that refuses them); lo == hi: none.
+DPFM_API int dpfm_mem_slverr(Harness* h, uint64_t lo, uint64_t hi) {
+#ifdef DPFM_RUN_MODE
+    h->mem.slverr_lo = lo;
+    h->mem.slverr_hi = hi;
+    return 0;
+#else
+    (void)h; (void)lo; (void)hi;
     return -1;
 #endif
 }
