@@ -188,6 +188,14 @@ class RunSequencer(wiring.Component):
         m.d.sync += expect.eq(expect + exp_add - exp_sub)
         f_base = Mux(f_phase == PHASE_VAL_EVAL, self.val_addr, self.train_addr)
         f_bad = Signal()                   # this batch hit an error: drain, do not queue it
+        # a fetch error waits until the controller needs the batch it spoiled: the epoch in
+        # progress, whose batches are all in, ends whole first
+        f_code = Signal(8)
+        f_addr = Signal(32)
+
+        def fetch_error(code, addr):
+            with m.If(f_code == 0):
+                m.d.sync += [f_code.eq(code), f_addr.eq(addr)]
         n_now = Mux(f_left > B, B, f_left)
         phase_n = Mux(f_phase == PHASE_VAL_EVAL, self.val_n, self.train_n)
         next_phase_n = Signal(24)
@@ -214,7 +222,7 @@ class RunSequencer(wiring.Component):
                         m.next = "ROWS"
             with m.State("PERM_AR"):
                 with m.If(f_perm[32]):
-                    raise_error(RunError.ADDRESS, f_perm[:32])
+                    fetch_error(RunError.ADDRESS, f_perm[:32])
                     m.d.sync += f_bad.eq(1)
                     m.next = "DRAIN"
                 with m.Else():
@@ -228,10 +236,10 @@ class RunSequencer(wiring.Component):
                     m.d.comb += exp_sub.eq(1)
                     m.d.sync += [idx[r_beat].eq(ax.rdata[:24]), r_beat.eq(r_beat + 1)]
                     with m.If(ax.rresp[1]):
-                        raise_error(resp_code(ax.rresp), f_perm[:32] + (r_beat << 2))
+                        fetch_error(resp_code(ax.rresp), f_perm[:32] + (r_beat << 2))
                         m.d.sync += f_bad.eq(1)
                     with m.Elif((ax.rdata[24:] != 0) | (ax.rdata[:24] >= self.train_n)):
-                        raise_error(RunError.BAD_INDEX, f_perm[:32] + (r_beat << 2))
+                        fetch_error(RunError.BAD_INDEX, f_perm[:32] + (r_beat << 2))
                         m.d.sync += f_bad.eq(1)
                     with m.If(r_beat == f_n - 1):
                         m.next = "ROWS"
@@ -241,7 +249,7 @@ class RunSequencer(wiring.Component):
                 # address side: one burst per row (per 256-word piece)
                 with m.Elif(ar_s != f_n):
                     with m.If(ar_addr[32:] != 0):
-                        raise_error(RunError.ADDRESS, ar_addr[:32])
+                        fetch_error(RunError.ADDRESS, ar_addr[:32])
                         m.d.sync += f_bad.eq(1)
                     with m.Else():
                         piece = Const(0, 9)
@@ -262,7 +270,7 @@ class RunSequencer(wiring.Component):
                                  self.sw_lane.eq(r_s), self.sw_col.eq(r_col),
                                  self.sw_bank.eq(f_bank), self.sw_data.eq(ax.rdata)]
                     with m.If(ax.rresp[1]):
-                        raise_error(resp_code(ax.rresp), r_addr[:32])
+                        fetch_error(resp_code(ax.rresp), r_addr[:32])
                         m.d.sync += f_bad.eq(1)
                     with m.If(r_col == rowlen - 1):
                         m.d.sync += [r_col.eq(0), r_s.eq(r_s + 1)]
@@ -394,6 +402,7 @@ class RunSequencer(wiring.Component):
                         # steps count only the saturations they raise themselves
                         m.d.comb += self.flags_clear.eq(sum(1 << FLAGS[f] for f in SAT_FLAGS))
                         m.d.sync += [running.eq(1), halt.eq(0), stop_req.eq(0), pending.eq(0),
+                                     f_code.eq(0),
                                      run_update.eq(self.update), run_cq.eq(self.sgd_cq),
                                      run_batch_n.eq(self.batch_n),
                                      run_cs.eq(self.sgd_cs),
@@ -406,6 +415,9 @@ class RunSequencer(wiring.Component):
                         m.next = "WAIT"
             with m.State("WAIT"):
                 with m.If(err != 0):
+                    m.next = "END"
+                with m.Elif(~descq.r_rdy & (f_code != 0) & fetch_idle):
+                    raise_error(f_code, f_addr)          # the batch needed next is spoilt
                     m.next = "END"
                 with m.Elif(descq.r_rdy):
                     m.d.comb += descq.r_en.eq(1)
