@@ -197,24 +197,39 @@ class RunSequencer(wiring.Component):
             with m.If(f_code == 0):
                 m.d.sync += [f_code.eq(code), f_addr.eq(addr)]
         n_now = Mux(f_left > B, B, f_left)
-        phase_n = Mux(f_phase == PHASE_VAL_EVAL, self.val_n, self.train_n)
-        next_phase_n = Signal(24)
-        after_eval = Signal(2)
 
         def row_index(s):
             return Mux(f_phase == PHASE_TRAIN, idx[s], f_row + s)
 
-        ar_row = row_index(ar_s)
-        ar_addr = Signal(34)
-        m.d.comb += ar_addr.eq(f_base + (ar_row << row_shift) + (ar_c << 10))
-        r_addr = Signal(34)                # the address of the beat arriving (for errors)
-        m.d.comb += r_addr.eq(f_base + (row_index(r_s) << row_shift) + (r_col << 2))
+        # A row burst's address takes two register stages (the row's index, then the
+        # address and its overflow bit) before AR offers it, so no path runs from the
+        # index registers through the adders to the bus: a burst every 3 cycles, faster than
+        # the R channel delivers a row.
+        ar_stage = Signal(2)
+        ar_row_q = Signal(24)
+        ar_addr = Signal(34)               # registered
+        ar_piece = Signal(9)               # registered: beats of the burst
+        piece = Const(0, 9)
+        for c in range(n_chunks):
+            piece = Mux(ar_c == c, min(MAX_BURST, rowlen - c * MAX_BURST), piece)
+        # The address of a read beat answered with an error, for RUN_ERR_ADDR: the same two
+        # stages from the beat's row and column (err_stage 1, 2; 0 idle).
+        err_stage = Signal(2)
+        err_s = Signal(range(B + 1))
+        err_col = Signal(range(max(2, rowlen + 1)))
+        err_row_q = Signal(24)
+        with m.Switch(err_stage):
+            with m.Case(1):
+                m.d.sync += [err_row_q.eq(row_index(err_s)), err_stage.eq(2)]
+            with m.Case(2):
+                m.d.sync += [f_addr.eq(f_base + (err_row_q << row_shift) + (err_col << 2)),
+                             err_stage.eq(0)]
 
         with m.FSM(name="fetch") as fetch_fsm:
             with m.State("IDLE"):
                 with m.If(running & ~halt & ~f_finished & (pending < 2) & (err == 0)):
                     m.d.comb += pend_inc.eq(1)
-                    m.d.sync += [f_n.eq(n_now), ar_s.eq(0), ar_c.eq(0), r_s.eq(0), r_col.eq(0),
+                    m.d.sync += [f_n.eq(n_now), ar_s.eq(0), ar_c.eq(0), r_s.eq(0), r_col.eq(0), ar_stage.eq(0),
                                  r_beat.eq(0), f_bad.eq(0), f_last.eq(0)]
                     with m.If(f_phase == PHASE_TRAIN):
                         m.next = "PERM_AR"
@@ -248,29 +263,36 @@ class RunSequencer(wiring.Component):
                     m.next = "DRAIN"
                 # address side: one burst per row (per 256-word piece)
                 with m.Elif(ar_s != f_n):
-                    with m.If(ar_addr[32:] != 0):
-                        fetch_error(RunError.ADDRESS, ar_addr[:32])
-                        m.d.sync += f_bad.eq(1)
-                    with m.Else():
-                        piece = Const(0, 9)
-                        for c in range(n_chunks):
-                            piece = Mux(ar_c == c, min(MAX_BURST, rowlen - c * MAX_BURST), piece)
-                        m.d.comb += [ax.arvalid.eq(1), ax.araddr.eq(ar_addr[:32]),
-                                     ax.arlen.eq(piece - 1)]
-                        with m.If(ax.arready):
-                            m.d.comb += exp_add.eq(piece)
-                            with m.If(ar_c == n_chunks - 1):
-                                m.d.sync += [ar_c.eq(0), ar_s.eq(ar_s + 1)]
+                    with m.Switch(ar_stage):
+                        with m.Case(0):
+                            m.d.sync += [ar_row_q.eq(row_index(ar_s)), ar_stage.eq(1)]
+                        with m.Case(1):
+                            m.d.sync += [ar_addr.eq(f_base + (ar_row_q << row_shift) + (ar_c << 10)),
+                                         ar_piece.eq(piece), ar_stage.eq(2)]
+                        with m.Default():
+                            with m.If(ar_addr[32:] != 0):
+                                fetch_error(RunError.ADDRESS, ar_addr[:32])
+                                m.d.sync += f_bad.eq(1)
                             with m.Else():
-                                m.d.sync += ar_c.eq(ar_c + 1)
+                                m.d.comb += [ax.arvalid.eq(1), ax.araddr.eq(ar_addr[:32]),
+                                             ax.arlen.eq(ar_piece - 1)]
+                                with m.If(ax.arready):
+                                    m.d.comb += exp_add.eq(ar_piece)
+                                    m.d.sync += ar_stage.eq(0)
+                                    with m.If(ar_c == n_chunks - 1):
+                                        m.d.sync += [ar_c.eq(0), ar_s.eq(ar_s + 1)]
+                                    with m.Else():
+                                        m.d.sync += ar_c.eq(ar_c + 1)
                 # data side: beats in order, row by row
                 m.d.comb += ax.rready.eq(1)
                 with m.If(ax.rvalid):
                     m.d.comb += [exp_sub.eq(1), self.sw_en.eq(~ax.rresp[1]),
                                  self.sw_lane.eq(r_s), self.sw_col.eq(r_col),
                                  self.sw_bank.eq(f_bank), self.sw_data.eq(ax.rdata)]
+                    with m.If(ax.rresp[1] & (f_code == 0)):
+                        m.d.sync += [f_code.eq(resp_code(ax.rresp)), err_s.eq(r_s),
+                                     err_col.eq(r_col), err_stage.eq(1)]
                     with m.If(ax.rresp[1]):
-                        fetch_error(resp_code(ax.rresp), r_addr[:32])
                         m.d.sync += f_bad.eq(1)
                     with m.If(r_col == rowlen - 1):
                         m.d.sync += [r_col.eq(0), r_s.eq(r_s + 1)]
@@ -283,7 +305,7 @@ class RunSequencer(wiring.Component):
                 m.d.comb += ax.rready.eq(1)
                 with m.If(ax.rvalid):
                     m.d.comb += exp_sub.eq(1)
-                with m.If((expect == 0) | ((expect == 1) & ax.rvalid)):
+                with m.If(((expect == 0) | ((expect == 1) & ax.rvalid)) & (err_stage == 0)):
                     m.d.sync += f_finished.eq(1)
                     m.next = "IDLE"
             with m.State("QUEUE"):

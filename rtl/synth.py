@@ -1,6 +1,6 @@
 """Resource estimates for the xc7z020 with Yosys ``synth_xilinx``, and Verilator lint.
 
-``dpfm synth --block dual_scale|topk|activation|engine --k K [--lanes L] [--timing] --json out.json``
+``dpfm synth --block dual_scale|topk|activation|run|engine --k K [--lanes L] [--timing] --json out.json``
 synthesises one block as its own top level (no I/O buffers) and reports LUT, FF, DSP48E1,
 block RAM, carry chains and ``soft_mul``: the multiplies that Yosys' DSP mapping left to the
 fabric. Utilisation is against the XC7Z020 (PYNQ-Z2): 53,200 LUT, 106,400 FF, 220 DSP48E1,
@@ -40,7 +40,7 @@ __all__ = ["DEVICE", "BLOCKS", "estimate", "parse_log", "yosys_script", "lint", 
 DEVICE = {"part": "xc7z020", "LUT": 53200, "FF": 106400, "DSP48E1": 220, "BRAM36": 140}
 
 #: Blocks that ``dpfm synth`` can build.
-BLOCKS = ("dual_scale", "topk", "activation", "engine")
+BLOCKS = ("dual_scale", "topk", "activation", "run", "engine")
 
 #: LUTs per cell for the cells that occupy LUTs (logic, shift registers, distributed RAM).
 LUT_CELLS = {
@@ -283,6 +283,9 @@ def build_block(block: str, config):
     if block == "topk":
         from .topk import TopKMerger
         return TopKMerger(config)
+    if block == "run":
+        from .run import RunSequencer
+        return RunSequencer(config)
     if block == "engine":
         from .engine import Engine
         return Engine(config)
