@@ -61,6 +61,8 @@ class ActivationUnit(wiring.Component):
     transferred on ``i`` in cycle ``t`` is valid on ``o`` in cycle ``t + 2``. Two register
     stages, held by one stall signal ``advance = ~o.valid | o.ready``: the table read
     register (with ``z`` and ``act`` registered beside it), then the output register.
+    ``i.ready`` is ``advance`` computed from a copy of ``~o.valid`` in a register of its own
+    (one LUT from flops, apart from the net that enables the stages).
 
     **Resources.** Per tabled activation, a ROM of 4096 x ``(value.bits + deriv.bits)``
     bits (42 bits by default: 5 RAMB36); ``linear`` and ``relu`` are a few LUTs.
@@ -109,9 +111,13 @@ class ActivationUnit(wiring.Component):
 
         advance = Signal()
         take = Signal()
+        # `out_empty` is ~o.valid in a register of its own, so that `i.ready` (which the
+        # engine's global stall ORs over every lane) is one LUT from flops and does not share
+        # the net of `advance`, which enables the table reads and both register stages.
+        out_empty = Signal(init=1, name="out_empty")
         m.d.comb += [
             advance.eq(~self.o.valid | self.o.ready),
-            self.i.ready.eq(advance),
+            self.i.ready.eq(out_empty | self.o.ready),
             take.eq(self.i.valid & advance),
         ]
         z = self.i.payload.z
@@ -149,7 +155,7 @@ class ActivationUnit(wiring.Component):
         # -- stage 2: select, output register ----------------------------------------------
         one = dfmt.one                      # fits: Formats refuses a deriv format without 1.0
         with m.If(advance):
-            m.d.sync += self.o.valid.eq(v1)
+            m.d.sync += [self.o.valid.eq(v1), out_empty.eq(~v1)]
             with m.Switch(act1):
                 with m.Case(ACT_CODES["linear"]):
                     m.d.sync += [self.o.payload.a.eq(z1), self.o.payload.d.eq(one)]
