@@ -135,8 +135,8 @@ class AXI4LiteSlave(wiring.Component):
         bus, reg = self.bus, self.reg
         addr = Signal(self.addr_width)
         wdata = Signal(32)
-        wstrb = Signal(4)
-        aw_ok = Signal()
+        w_full = Signal()              # the write's wstrb enables all four bytes (registered,
+        aw_ok = Signal()               # so the register file's decode starts one LUT earlier)
         w_ok = Signal()
         m.d.comb += reg.addr.eq(addr[2:])
         with m.FSM():
@@ -150,7 +150,7 @@ class AXI4LiteSlave(wiring.Component):
                     with m.If(bus.awvalid & ~aw_ok):
                         m.d.sync += [addr.eq(bus.awaddr), aw_ok.eq(1)]
                     with m.If(bus.wvalid & ~w_ok):
-                        m.d.sync += [wdata.eq(bus.wdata), wstrb.eq(bus.wstrb), w_ok.eq(1)]
+                        m.d.sync += [wdata.eq(bus.wdata), w_full.eq(bus.wstrb == 0b1111), w_ok.eq(1)]
                     with m.If(aw_ok & w_ok):
                         m.next = "WRITE"
             with m.State("READ"):
@@ -164,7 +164,7 @@ class AXI4LiteSlave(wiring.Component):
                     m.d.sync += bus.rvalid.eq(0)
                     m.next = "IDLE"
             with m.State("WRITE"):
-                full = wstrb == 0b1111
+                full = w_full
                 m.d.comb += [reg.w_en.eq(full), reg.w_refused.eq(~full), reg.w_data.eq(wdata)]
                 m.d.sync += [aw_ok.eq(0), w_ok.eq(0)]
                 m.next = "WRITE_RESP"
