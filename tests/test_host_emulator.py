@@ -22,14 +22,6 @@ from dpfm.rtl.regmap import CTRL, ERRORS, FLAGS, ID_MAGIC, STATUS, STATUS_ERROR_
 CFG = Config(k=4)
 
 
-@pytest.fixture(scope="module")
-def sum4():
-    rng = np.random.default_rng(0)
-    X = rng.uniform(0, 1, (200, 4))
-    y = X.sum(axis=1, keepdims=True)
-    return X[:160], y[:160], X[160:], y[160:]
-
-
 def reference_fit(config, data, epochs, lr, update, seed=0, classify=False):
     Xt, yt, Xv, yv = data
     net = MLP(config.net, config.activations, seed=seed)

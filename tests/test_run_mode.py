@@ -22,17 +22,9 @@ from dpfm.host.trainer import MAX_RUN_EPOCHS, run_plan
 from dpfm.reference import MLP, FixedFormat, Formats
 from dpfm.rtl.protocol import (RUN_WORD, STOP_WORD, parse_log, run_layout, run_setting_words,
                                run_status_fields, word)
-from dpfm.rtl.regmap import CTRL, FLAGS, RUN_ERRORS, STATUS, STATUS_ERROR_SHIFT, RunError, StartError
+from dpfm.rtl.regmap import CTRL, FLAGS, RUN_ERRORS, STATUS, RunError, StartError
 
 CFG = Config(k=4)
-
-
-@pytest.fixture(scope="module")
-def sum4():
-    rng = np.random.default_rng(0)
-    X = rng.uniform(0, 1, (200, 4))
-    y = X.sum(axis=1, keepdims=True)
-    return X[:160], y[:160], X[160:], y[160:]
 
 
 def fit(data, mode, *, config=CFG, epochs=3, lr=0.01, update="maxnorm", transport=None,

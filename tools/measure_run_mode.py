@@ -15,8 +15,6 @@ import json
 import sys
 import time
 
-import numpy as np
-
 
 def main(argv=None) -> int:
     from dpfm.backends import hw_config
