@@ -32,7 +32,7 @@ from amaranth.lib.wiring import In, Out
 from dpfm.config import Config
 
 from .axi import AXCACHE_MODIFIABLE, BURST_INCR, AXI4Signature
-from .protocol import LOG_FIELDS, LOG_WORDS, MAX_BURST, RUN_ALIGN, run_layout
+from .protocol import LOG_FIELDS, LOG_WORDS, MAX_BURST, run_layout
 from .regmap import FLAGS, SAT_FLAGS, UPDATE, Resp, RunError
 
 __all__ = ["RunSequencer", "PHASE_TRAIN", "PHASE_TRAIN_EVAL", "PHASE_VAL_EVAL", "FLAG_SETTLE"]
@@ -174,7 +174,6 @@ class RunSequencer(wiring.Component):
         f_perm = Signal(33)                # next batch-order slot
         f_bank = Signal()
         f_n = Signal(range(B + 1))
-        f_last = Signal()
         f_finished = Signal()              # every batch of the run fetched
         idx = Array(Signal(24, name=f"idx{s}") for s in range(B))
         ar_s = Signal(range(B + 1))        # rows whose bursts are issued
@@ -230,7 +229,7 @@ class RunSequencer(wiring.Component):
                 with m.If(running & ~halt & ~f_finished & (pending < 2) & (err == 0)):
                     m.d.comb += pend_inc.eq(1)
                     m.d.sync += [f_n.eq(n_now), ar_s.eq(0), ar_c.eq(0), r_s.eq(0), r_col.eq(0), ar_stage.eq(0),
-                                 r_beat.eq(0), f_bad.eq(0), f_last.eq(0)]
+                                 r_beat.eq(0), f_bad.eq(0)]
                     with m.If(f_phase == PHASE_TRAIN):
                         m.next = "PERM_AR"
                     with m.Else():
