@@ -403,6 +403,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="one activation per layer (default: sigmoid, linear for the output)")
     p.add_argument("--batch", type=int, help="sample lanes (default 10)")
     p.add_argument("--lanes", type=int, help="multipliers per DualScale (default min(4, k+1))")
+    p.add_argument("--update-lanes", type=int, dest="update_lanes",
+                   help="parameters per cycle of the update passes, a power of two (default: the Config's)")
     p.add_argument("--out", metavar="DIR",
                    help="build folder (default build/<board>; with --estimate "
                         "build/synth/<board>-k<K>-b<BATCH>-l<LANES>)")
@@ -437,7 +439,8 @@ def config_from_args(args) -> Config:
         base = Config.from_dict(fields)
         fields = {"net": base.net, "activations": base.activations, "k": base.k,
                   "batch": base.batch, "formats": base.formats, "idx_bits": base.idx_bits,
-                  "lanes": base.lanes, "use_dsp": base.use_dsp, "policy": base.policy}
+                  "lanes": base.lanes, "update_lanes": base.update_lanes, "use_dsp": base.use_dsp,
+                  "policy": base.policy}
     if args.net is not None:
         fields["net"] = _int_list(args.net, "--net")
         fields.pop("idx_bits", None)
@@ -445,8 +448,8 @@ def config_from_args(args) -> Config:
             fields["activations"] = ["sigmoid"] * (len(fields["net"]) - 2) + ["linear"]
     if args.act is not None:
         fields["activations"] = [a.strip() for a in args.act.split(",")]
-    for name in ("k", "batch", "lanes"):
-        if getattr(args, name) is not None:
+    for name in ("k", "batch", "lanes", "update_lanes"):
+        if getattr(args, name, None) is not None:
             fields[name] = getattr(args, name)
     if "k" not in fields:
         fields["k"] = 16

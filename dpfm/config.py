@@ -15,7 +15,12 @@ from dpfm.reference.activations import ACTIVATIONS
 from dpfm.reference.fixed import DEFAULT_FORMATS, FixedFormat, Formats
 from dpfm.reference.mlp import POLICIES, param_layout
 
-__all__ = ["Config", "ConfigError"]
+__all__ = ["Config", "ConfigError", "DEFAULT_UPDATE_LANES", "MAX_UPDATE_LANES"]
+
+#: Parameters per cycle of the update passes when a Config leaves ``update_lanes`` open.
+DEFAULT_UPDATE_LANES = 8
+#: The most ``update_lanes`` a Config takes.
+MAX_UPDATE_LANES = 64
 
 
 class ConfigError(ValueError):
@@ -43,6 +48,11 @@ class Config:
     lanes : int or None
         Physical multipliers of a :class:`DualScale` (1..k+1); fewer time-share.  ``None``
         picks ``min(4, k + 1)``.
+    update_lanes : int or None
+        Parameters the update passes (:class:`~dpfm.rtl.update.UpdateUnit`) move per cycle, a
+        power of two (1..64); the weight memory and the delta banks hold words of that many.
+        ``None`` picks :data:`DEFAULT_UPDATE_LANES` (at most the next power of two of the
+        parameters).
     use_dsp : bool
         Multiplies must map onto DSP48E1 (signed 25 x 18): formats are checked for it.
     policy : str
@@ -61,6 +71,7 @@ class Config:
     formats: Formats = field(default_factory=lambda: DEFAULT_FORMATS)
     idx_bits: int | None = None
     lanes: int | None = None
+    update_lanes: int | None = None
     use_dsp: bool = True
     policy: str = "stream"
 
@@ -77,7 +88,10 @@ class Config:
                 raise ConfigError(f"unknown activation {a!r}; known: {', '.join(ACTIVATIONS)}")
         if self.lanes is None and isinstance(self.k, int):
             object.__setattr__(self, "lanes", min(4, self.k + 1))
-        for name in ("k", "batch", "lanes"):
+        if self.update_lanes is None:
+            n = self.n_params
+            object.__setattr__(self, "update_lanes", min(DEFAULT_UPDATE_LANES, 1 << (n - 1).bit_length()))
+        for name in ("k", "batch", "lanes", "update_lanes"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int):
                 raise ConfigError(f"{name} must be an integer, not {v!r}")
@@ -89,6 +103,9 @@ class Config:
             raise ConfigError(f"batch={self.batch} is below the minimum of 1")
         if not 1 <= self.lanes <= self.k + 1:
             raise ConfigError(f"lanes={self.lanes} must be in 1..k+1={self.k + 1}")
+        u = self.update_lanes
+        if not 1 <= u <= MAX_UPDATE_LANES or u & (u - 1):
+            raise ConfigError(f"update_lanes={u} must be a power of two in 1..{MAX_UPDATE_LANES}")
         if not isinstance(self.formats, Formats):
             raise ConfigError(f"formats must be a Formats, not {self.formats!r}")
         need = self.min_idx_bits
@@ -136,7 +153,7 @@ class Config:
     def to_dict(self) -> dict:
         return {"net": list(self.net), "activations": list(self.activations), "k": self.k,
                 "batch": self.batch, "formats": self.formats.to_dict(), "idx_bits": self.idx_bits,
-                "lanes": self.lanes, "use_dsp": self.use_dsp, "policy": self.policy}
+                "lanes": self.lanes, "update_lanes": self.update_lanes, "use_dsp": self.use_dsp, "policy": self.policy}
 
     @classmethod
     def from_dict(cls, d: dict) -> "Config":

@@ -16,10 +16,12 @@ One step (``CTRL.start``) runs, for the ``BATCH_N`` samples in the SAMPLES windo
    multiplier); ``sum e**2`` into LOSS.  ``D = sum_s D_s`` is formed when read.  The banks
    are cleared while the forward pass runs (one address per cycle, no extra cycle), so a
    step never starts from what a reset or an interrupted step left in them.
-3. **Update** (``UPDATE`` sgd or maxnorm, skipped for none): ``m = max|D|``, normalisation,
-   a radix-4 restoring divider for the :data:`RECIP_BITS`-bit ``2**35 / m`` (maxnorm, two quotient
-   bits per cycle), then one parameter per cycle
-   ``w -= upd`` exactly as :func:`dpfm.reference.mlp.fixed_update`.
+3. **Update** (``UPDATE`` sgd or maxnorm, skipped for none), the
+   :class:`~dpfm.rtl.update.UpdateUnit`: ``m = max|D|``, normalisation, a radix-4 restoring
+   divider for the :data:`RECIP_BITS`-bit ``2**35 / m`` (maxnorm, two quotient bits per
+   cycle), then ``w -= upd`` exactly as :func:`dpfm.reference.mlp.fixed_update`, ``M =
+   config.update_lanes`` parameters per cycle in both passes.  W and the delta banks hold
+   words of ``M`` parameters; the forward pass reads one weight of a word.
 
 Each lane counts its own write-backs and a layer ends when every lane has written back
 every neuron; MERGE_BUSY counts the cycles in which any active lane's merger takes a
@@ -28,10 +30,11 @@ candidate; FLAGS are a :class:`StickyFlags` (a flag raised in the cycle of a cle
 Timing (cycles, ``k_l`` = registers of layer ``l``'s inputs, 0 for the first layer, ``T =
 lane_sum_stages(batch)``, 2 for batch 5..16):
 forward ``sum_l n_out_l * (n_in_l * (1 + k_l) + 1) + L * T_barrier``; loss/delta
-``n_out * k + LOSS_DRAIN`` (at most ``1 + max(4, LOSS_PIPE + T - (k - 1))``); update
-``2 * P + (1 + MAX_PIPE + T) + NORM_CYCLES + DIV_CYCLES + (1 + UPDATE_PIPE + T)`` (maxnorm,
-``DIV_CYCLES = 10``; ``2 * P + 21 + 10`` at the default batch) or the same without
-``DIV_CYCLES`` (sgd); see docs/engine.md.  Bit-exact with ``MLP.step_raw(..., policy="stream")`` in the Config's
+``n_out * k + LOSS_DRAIN`` (at most ``1 + max(4, LOSS_PIPE + T - (k - 1))``); update, with
+``W = ceil(P / M)`` and ``T_M = lane_sum_stages(M)``, ``2 * W + (1 + MAX_PIPE + T + T_M) +
+NORM_CYCLES + DIV_CYCLES + (1 + UPDATE_PIPE + T)`` (maxnorm, ``DIV_CYCLES = 10``; ``2 * W +
+23 + 10`` at the default batch and M = 8) or the same without ``DIV_CYCLES`` (sgd); see
+docs/engine.md.  Bit-exact with ``MLP.step_raw(..., policy="stream")`` in the Config's
 fixed formats.
 """
 
@@ -44,71 +47,28 @@ from amaranth.lib.wiring import In, Out, connect, flipped
 
 from dpfm.config import Config
 from dpfm.reference.activations import ACT_CODES
-from dpfm.reference.mlp import NORM_BITS, RATIO_FRAC, RECIP_FRAC, SGD_CS_MIN
 
 from .activation import ActivationUnit
 from .axi import AXI4LiteSignature, AXI4LiteSlave, AXI4Signature
 from .dual_scale import DualScale
-from .fixmath import round_shift, round_shift_saturate, saturate, tree_levels, tree_sum
+from .fixmath import (SUM_LEVELS_PER_STAGE, lane_sum_stages, pipelined_sum, round_shift,
+                      round_shift_saturate, saturate)
 from .layouts import entry_layout, registers_layout
 from .regmap import (ADDR_BITS, CTRL, FLAGS, ID_MAGIC, RUN_OPTS, RUN_STATUS, STATUS_ERROR_SHIFT,
                      UPDATE, WINDOW_BITS, Resp, StartError, register_map)
 from .run import RunSequencer
 from .topk import TopKMerger
+from .update import (DIV_CYCLES, MAX_PIPE, NORM_CYCLES, RECIP_BITS, UPDATE_PIPE, UpdateUnit,
+                     update_words)
 
 __all__ = ["Engine", "StickyFlags", "ISSUE_DEPTH", "AFIFO_LATENCY", "UPDATE_PIPE", "MAX_PIPE",
            "NORM_CYCLES", "LOSS_PIPE", "RECIP_BITS", "DIV_CYCLES", "SUM_LEVELS_PER_STAGE",
            "lane_sum_stages"]
 
-DELTA_BITS = 56          # exact delta banks (their sum is saturated to 48 bits when read)
-
-#: Bits of the maxnorm reciprocal ``floor(2**RECIP_FRAC / m_n)``: the normalised maximum
-#: ``m_n`` lies in ``[2**(NORM_BITS-1), 2**NORM_BITS)``, so the reciprocal lies in
-#: ``(2**(RECIP_FRAC-NORM_BITS), 2**(RECIP_FRAC-NORM_BITS+1)]`` (20 bits by default; the
-#: largest, for ``m_n = 2**16``, is ``2**19`` itself).
-RECIP_BITS = RECIP_FRAC - NORM_BITS + 2
-#: Cycles of the DIV state: the radix-4 restoring divider makes two quotient bits per cycle
-#: and skips the quotient bits above :data:`RECIP_BITS`, which are always 0.
-DIV_CYCLES = (RECIP_BITS + 1) // 2
-#: Cycles of the NORM state: the bit length of ``max|D|``; the shifts; the normalised
-#: maximum; three times it (for the divider) and the sgd rounding constant.
-NORM_CYCLES = 4
-#: Adder levels between two registers in the engine's pipelined sums over the lanes (the
-#: delta banks in MAX and UPD, the squared errors in LOSS).
-SUM_LEVELS_PER_STAGE = 2
-
-
-def lane_sum_stages(batch: int) -> int:
-    """Register stages of the engine's pipelined sum over ``batch`` lanes.
-
-    Parameters
-    ----------
-    batch : int
-        Lanes (delta banks) summed, at least 1.
-
-    Returns
-    -------
-    int
-        ``ceil(ceil(log2(batch)) / SUM_LEVELS_PER_STAGE)``: 0 for one lane, 1 for 2..4
-        lanes, 2 for 5..16 lanes (the default batch of 10), 3 for 17..64.
-    """
-    return -(-tree_levels(batch) // SUM_LEVELS_PER_STAGE)
-
-
 def _pipelined_sum(m, terms, name):
-    """The sum of ``terms`` through :func:`lane_sum_stages` register stages (``m.d.sync``,
-    no enable): :data:`SUM_LEVELS_PER_STAGE` adder-tree levels per stage.  The result is
-    the last stage's register (the single term itself when there is one)."""
-    stages = lane_sum_stages(len(terms))
-    for st in range(stages):
-        regs = []
-        for n, v in enumerate(tree_sum(terms, levels=SUM_LEVELS_PER_STAGE)):
-            r = Signal(v.shape(), name=f"{name}{st + 1}_{n}")
-            m.d.sync += r.eq(v)
-            regs.append(r)
-        terms = regs
-    assert len(terms) == 1
-    return terms[0]
+    """The sum of ``terms`` through :func:`lane_sum_stages` register stages (see
+    :func:`~dpfm.rtl.fixmath.pipelined_sum`)."""
+    return pipelined_sum(m, terms, name)
 
 
 def _or_all(terms):
@@ -125,16 +85,6 @@ ISSUE_DEPTH = 4
 #: Cycles from a write into a lane's activation FIFO (``SyncFIFOBuffered``) to its data being
 #: readable.
 AFIFO_LATENCY = 2
-#: Register stages of the MAX pass after the parameter address, besides the
-#: :func:`lane_sum_stages` of the sum over the delta banks: the banks' read, ``D = sat(sum)``,
-#: ``|D|`` (compared with the running maximum in that stage).
-MAX_PIPE = 3
-#: Register stages of the update pass after the parameter address, besides the
-#: :func:`lane_sum_stages` of the sum over the delta banks: the reads, ``D = sat(sum)``,
-#: ``Dn = D >> sh``, the product ``Dn * (recip | c_q)``, the ratio (maxnorm) or the rounding
-#: add (sgd), ``ratio * lr_q`` or the shift, ``w - upd``, its saturation (written in that
-#: stage); see the stage list in :meth:`Engine.elaborate`.
-UPDATE_PIPE = 8
 #: Register stages of the loss pass's sum of squared errors after the squares, besides the
 #: :func:`lane_sum_stages` of the sum over the lanes (the accumulation into LOSS).
 LOSS_PIPE = 3
@@ -160,6 +110,17 @@ def _takes(word, register, shape):
         value = word[:shape.width].as_signed() if shape.signed else word[:shape.width]
         ok = ok & (value >= lo)
     return ok
+
+
+class _WeightReadPort:
+    """One weight of the word-wide weight memory, read like a memory read port: ``addr`` (a
+    parameter index) and ``en`` in, ``data`` (the weight) one cycle after an enabled read,
+    held while ``en`` is low."""
+
+    def __init__(self, n_params, shape):
+        self.addr = Signal(range(max(n_params, 2)), name="w_rd_addr")
+        self.en = Signal(name="w_rd_en")
+        self.data = Signal(shape, name="w_rd_data")
 
 
 class StickyFlags(wiring.Component):
@@ -254,15 +215,38 @@ class Engine(wiring.Component):
         reg = axil.reg
 
         # ---------------------------------------------------------------- memories
-        m.submodules.wmem = wmem = Memory(shape=wshape, depth=P, init=[])
-        w_wr = wmem.write_port()
-        w_rd = wmem.read_port(transparent_for=())
+        # W and the delta banks hold words of M = update_lanes parameters (parameter p is
+        # element p % M of word p // M): the update unit reads and writes a word per cycle;
+        # the forward pass, the host window and run mode read one weight through w_rd (the
+        # word, and the element picked by the address's low bits registered with the read)
+        M = cfg.update_lanes
+        lgM = (M - 1).bit_length()
+        n_words = update_words(cfg)
+        m.submodules.upd = upd = UpdateUnit(cfg)
+        dshape = upd.delta_shape
+        dbits = dshape.width
+        m.submodules.wmem = wmem = Memory(shape=unsigned(M * wshape.width), depth=n_words, init=[])
+        w_wr = wmem.write_port(granularity=wshape.width)
+        w_word_rd = wmem.read_port(transparent_for=())
+        w_rd = _WeightReadPort(P, wshape)
+        w_sel = Signal(max(1, lgM))        # element of the word read, registered with the read
+        with m.If(upd.busy):
+            m.d.comb += [w_word_rd.addr.eq(upd.w_rd_addr), w_word_rd.en.eq(1)]
+        with m.Else():
+            m.d.comb += [w_word_rd.addr.eq(w_rd.addr >> lgM), w_word_rd.en.eq(w_rd.en)]
+            if lgM:
+                with m.If(w_rd.en):
+                    m.d.sync += w_sel.eq(w_rd.addr[:lgM])
+        m.d.comb += [upd.weights.eq(w_word_rd.data),
+                     w_rd.data.eq(w_word_rd.data.word_select(w_sel, wshape.width) if lgM
+                                  else w_word_rd.data)]
         d_wr, d_rd = [], []                # one delta bank per lane; D = sum of the banks
         for s in range(B):
-            dmem = Memory(shape=signed(DELTA_BITS), depth=P, init=[])
+            dmem = Memory(shape=unsigned(M * dbits), depth=n_words, init=[])
             m.submodules[f"dmem{s}"] = dmem
-            d_wr.append(dmem.write_port())
+            d_wr.append(dmem.write_port(granularity=dbits))
             d_rd.append(dmem.read_port(transparent_for=(d_wr[-1],)))
+            m.d.comb += upd.deltas[s].eq(d_rd[-1].data)
         smem_wr, smem_rd, vmem_wr, vmem_rd, rmem_wr, rmem_rd = [], [], [], [], [], []
         abits = max(1, (maxw - 1).bit_length())
         sbits = srow.bit_length() - 1
@@ -564,114 +548,35 @@ class Engine(wiring.Component):
             m.d.sync += mul_busy.eq(mul_busy + 1)
 
         # ---------------------------------------------------------------- update datapath
-        # One parameter per cycle through a pipeline of register stages; stage 0 is the cycle
-        # that puts the address p on the memories, stage t holds what stage t-1 computed:
-        #   1             the delta banks' and W's read data
-        #   2 .. 1+T      the sum over the banks (T = lane_sum_stages(B) adder-tree stages)
-        #   ST_SAT        D = sat(sum) and its overflow
-        #   ST_ABS        MAX: |D| (compared with dmax in this stage); UPD: Dn = D >> sh
-        #   ST_ABS+1      Dn * (recip | c_q) (a DSP48E1, its operand and product registered)
-        #   ST_ABS+2      maxnorm: ratio = round_shift(., 19); sgd: the product plus half
-        #   ST_ABS+3      maxnorm: ratio * lr_q (DSP48E1); sgd: the shift
-        #   ST_ABS+4      w - upd (upd: maxnorm round_shift(., 16), sgd the shifted product)
-        #   ST_ABS+5      w_new = sat(w - upd): written to W in this stage
-        p = Signal(range(P + 1))
-        dmax = Signal(48)
-        blen = Signal(7)                   # bitlength(dmax)
-        shr = Signal(6)                    # max(sh, 0)
-        shl = Signal(5)                    # max(-sh, 0)
-        mn = Signal(NORM_BITS + 1)         # m normalised: 2**(NORM_BITS-1) <= mn < 2**NORM_BITS
-        mn3 = Signal(NORM_BITS + 3)        # 3 * mn, for the radix-4 divider
-        norm_i = Signal(range(NORM_CYCLES + 1))
-        recip = Signal(2 * DIV_CYCLES)     # floor(2**RECIP_FRAC / mn) < 2**RECIP_BITS
-        rem = Signal(NORM_BITS + 2)
-        div_i = Signal(range(DIV_CYCLES + 1))
-        max_pass = Signal()
-        upd_pass = Signal()
-        ST_SAT = 2 + T
-        ST_ABS = ST_SAT + 1
-        ST_W = ST_ABS + 5
-        assert ST_ABS == MAX_PIPE + T and ST_W == UPDATE_PIPE + T
-        pv = [Signal(name=f"pv{t}") for t in range(ST_W + 1)]       # a parameter in stage t
-        pmax = [Signal(name=f"pmax{t}") for t in range(ST_W + 1)]   # ... of the MAX pass
-        pa = [Signal(range(P + 1), name=f"pa{t}") for t in range(ST_W + 1)]   # its address
-        pw = [Signal(wshape, name=f"pw{t}") for t in range(ST_W + 1)]        # its weight
-        m.d.comb += [pv[0].eq(max_pass | upd_pass), pmax[0].eq(max_pass), pa[0].eq(p),
-                     pw[1].eq(w_rd.data)]
-        for t in range(1, ST_W + 1):
-            m.d.sync += [pv[t].eq(pv[t - 1]), pmax[t].eq(pmax[t - 1]), pa[t].eq(pa[t - 1])]
-            if t >= 2:
-                m.d.sync += pw[t].eq(pw[t - 1])
-        pupd = [pv[t] & ~pmax[t] for t in range(ST_W + 1)]
-        update_busy = _or_all(pv[1:])
-        max_busy = _or_all(pmax[1:ST_ABS + 1])
-        d_total = _pipelined_sum(m, [rp.data for rp in d_rd], "d_sum")
-        d_sat = Signal(signed(fm.delta.bits)); d_ovf = Signal()
-        d_sat_v, d_ovf_v = saturate(d_total, fm.delta)
-        d_abs = Signal(fm.delta.bits)
-        # Dn = D >> sh (floor) or D << -sh: -2**(NORM_BITS-1)*2 <= Dn < 2**NORM_BITS since |D| <= m
-        dn2 = Signal(signed(NORM_BITS + 1))
-        mult = Signal(max(RECIP_BITS, NORM_BITS + 1))   # recip (maxnorm) or c_q (sgd)
-        prod_u3 = Signal(signed(len(dn2) + len(mult) + 1))
-        # sgd: upd = round_shift(Dn * c_q, delta.frac + cs - weight.frac - sh).  A shift of at
-        # least the product's width rounds every product to 0, so the shift is held clamped
-        # to it.  The smallest shift (cs = SGD_CS_MIN, sh = delta.bits - NORM_BITS) is 3 for
-        # the default formats; formats that make it negative get a left-shift path.
-        sgd_shift_max = len(prod_u3)
-        sgd_shift_min = fm.delta.frac - fw + SGD_CS_MIN - (fm.delta.bits - NORM_BITS)
-        sgd_shift = Signal(range(min(0, sgd_shift_min), sgd_shift_max + 1))
-        left_max = max(0, -sgd_shift_min)
-        sgd_r = Signal(range(sgd_shift_max + 1))           # max(shift, 0)
-        sgd_l = Signal(range(left_max + 1))                 # max(-shift, 0)
-        sgd_half = Signal(sgd_shift_max)                    # 2**(sgd_r - 1), 0 when sgd_r == 0
-        ratio = Signal(signed(RATIO_FRAC + 2))              # |ratio| <= 2**16 + 1
-        sgd_sum = Signal(signed(len(prod_u3) + 1))
-        prod_u4 = Signal(signed(len(ratio) + wshape.width + 1))
-        sgdupd4 = Signal(signed(len(sgd_sum) + left_max))
-        w_diff = Signal(signed(max(len(prod_u4) - RATIO_FRAC, len(sgdupd4), wshape.width) + 2))
-        w_new = Signal(wshape); w_ovf = Signal()
-        maxnorm = update == UPDATE["maxnorm"]
-        sgd_shifted = sgd_sum >> sgd_r
-        if left_max:
-            sgd_shifted = Mux(sgd_l != 0, sgd_sum << sgd_l, sgd_shifted)
-        upd = Mux(maxnorm, round_shift(prod_u4, RATIO_FRAC), sgdupd4)
-        a = ST_ABS
-        m.d.sync += [
-            d_sat.eq(d_sat_v), d_ovf.eq(d_ovf_v),                                   # ST_SAT
-            d_abs.eq(Mux(d_sat < 0, -d_sat, d_sat)),                                # ST_ABS
-            dn2.eq(Mux(shl != 0, d_sat << shl, d_sat >> shr)),
-            mult.eq(Mux(maxnorm, recip[:RECIP_BITS], sgd_cq)),     # constant during UPD
-            prod_u3.eq(dn2 * mult),                                                 # a + 1
-            ratio.eq(round_shift(prod_u3, RECIP_FRAC - RATIO_FRAC)[:len(ratio)]),   # a + 2
-            sgd_sum.eq(prod_u3 + sgd_half),
-            prod_u4.eq(ratio * lr_q),                                               # a + 3
-            sgdupd4.eq(sgd_shifted),
-            w_diff.eq(pw[a + 3] - upd),                                             # a + 4
-            w_new.eq(saturate(w_diff, fm.weight)[0]),                               # a + 5
-            w_ovf.eq(saturate(w_diff, fm.weight)[1]),
-        ]
-        with m.If(pmax[ST_ABS] & (d_abs > dmax)):
-            m.d.sync += dmax.eq(d_abs)
-        flag_terms.append((pmax[ST_SAT] & d_ovf) << FLAGS["sat_delta"])
-        flag_terms.append((pupd[ST_W] & w_ovf) << FLAGS["sat_weight"])
+        # the UpdateUnit (rtl/update.py) runs MAX, NORM, DIV and UPD on its own, M parameters
+        # per cycle, reading words of the delta banks and of W and writing W words back
+        m.d.comb += [upd.mode.eq(update), upd.lr_q.eq(lr_q), upd.sgd_cq.eq(sgd_cq),
+                     upd.sgd_cs.eq(sgd_cs)]
+        flag_terms.append(upd.sat_delta << FLAGS["sat_delta"])
+        flag_terms.append(upd.sat_weight << FLAGS["sat_weight"])
 
         # delta bank ports: cleared at the start of every step, while the forward pass runs
-        # (one address per cycle; the forward pass lasts at least n_params cycles, so the
-        # clearing never delays the loss pass); accumulated in the loss phase; read in the
-        # update passes.  A reset or an interrupted step therefore never leaves a bank dirty.
-        clr = Signal(range(P + 1), init=P)     # next bank address to clear; P: all clear
-        with m.If(clr != P):
+        # (one word per cycle, all of its M deltas; the forward pass lasts at least n_params
+        # cycles, so the clearing never delays the loss pass); accumulated in the loss phase
+        # (read-modify-write of one delta of a word); read a word per cycle in the update
+        # passes.  A reset or an interrupted step therefore never leaves a bank dirty.
+        clr = Signal(range(n_words + 1), init=n_words)  # next bank word to clear; n_words: all clear
+        with m.If(clr != n_words):
             m.d.sync += clr.eq(clr + 1)
         for s in range(B):
             gi3, gi4, dprod4 = d_delta_ports[s]
             with m.If(lv3[s]):
-                m.d.comb += d_rd[s].addr.eq(gi3)
+                m.d.comb += d_rd[s].addr.eq(gi3 >> lgM)
             with m.Else():
-                m.d.comb += d_rd[s].addr.eq(p)
+                m.d.comb += d_rd[s].addr.eq(upd.addr)
+            old = d_rd[s].data.word_select(gi4[:lgM], dbits) if lgM else d_rd[s].data
+            acc = Signal(dshape, name=f"dacc{s}")
+            m.d.comb += acc.eq(old.as_signed() + dprod4)
             with m.If(lv4[s]):
-                m.d.comb += [d_wr[s].addr.eq(gi4), d_wr[s].data.eq(d_rd[s].data + dprod4), d_wr[s].en.eq(1)]
-            with m.Elif(clr != P):
-                m.d.comb += [d_wr[s].addr.eq(clr), d_wr[s].data.eq(0), d_wr[s].en.eq(1)]
+                m.d.comb += [d_wr[s].addr.eq(gi4 >> lgM), d_wr[s].data.eq(acc.replicate(M)),
+                             d_wr[s].en.eq(Const(1, M) << gi4[:lgM] if lgM else 1)]
+            with m.Elif(clr != n_words):
+                m.d.comb += [d_wr[s].addr.eq(clr), d_wr[s].data.eq(0), d_wr[s].en.eq((1 << M) - 1)]
 
         # ---------------------------------------------------------------- host access
         waddr = reg.addr           # word address
@@ -683,11 +588,12 @@ class Engine(wiring.Component):
         o_row = woff >> (orow.bit_length() - 1)
         o_col = woff & (orow - 1)
 
-        # weight memory write port: host (idle) or update pass
-        with m.If(pupd[ST_W]):
-            m.d.comb += [w_wr.addr.eq(pa[ST_W]), w_wr.data.eq(w_new), w_wr.en.eq(1)]
+        # weight memory write port: update pass (M weights) or host (idle, one weight)
+        with m.If(upd.w_en.any()):
+            m.d.comb += [w_wr.addr.eq(upd.w_addr), w_wr.data.eq(upd.w_data), w_wr.en.eq(upd.w_en)]
         with m.Elif(reg.w_en & ~locked & (win == W_WIN) & (woff < P)):
-            m.d.comb += [w_wr.addr.eq(woff), w_wr.data.eq(reg.w_data), w_wr.en.eq(1)]
+            m.d.comb += [w_wr.addr.eq(woff >> lgM), w_wr.data.eq(reg.w_data[:wshape.width].replicate(M)),
+                         w_wr.en.eq(Const(1, M) << woff[:lgM] if lgM else 1)]
 
         # ---------------------------------------------------------------- FSM
         # argmax of outputs and targets per lane (run mode's validation hits)
@@ -724,7 +630,7 @@ class Engine(wiring.Component):
                     with m.Else():
                         m.d.sync += [error.eq(StartError.NONE), busy.eq(1), done.eq(0), cycles.eq(1), mul_busy.eq(0),
                                      merge_busy.eq(0), loss.eq(0), layer.eq(0), j.eq(0), i.eq(0),
-                                     r.eq(0), dmax.eq(0), wbase.eq(offs[0]), clr.eq(0)]
+                                     r.eq(0), wbase.eq(offs[0]), clr.eq(0)]
                         m.d.sync += [f.eq(0) for f in fins]
                         m.next = "FWD"
             with m.State("FWD"):
@@ -743,7 +649,7 @@ class Engine(wiring.Component):
                     with m.Else():
                         m.d.sync += r.eq(r + 1)
             with m.State("FWD_WAIT"):
-                with m.If(layer_done & ((layer != L - 1) | (clr == P))):
+                with m.If(layer_done & ((layer != L - 1) | (clr == n_words))):
                     m.d.sync += [j.eq(0), i.eq(0), r.eq(0)]
                     m.d.sync += [f.eq(0) for f in fins]
                     with m.If(layer == L - 1):
@@ -761,7 +667,7 @@ class Engine(wiring.Component):
                 with m.If(lr == K - 1):
                     m.d.sync += lr.eq(0)
                     with m.If(lo == n_out_last - 1):
-                        m.d.sync += [lo.eq(0), p.eq(0)]
+                        m.d.sync += lo.eq(0)
                         m.next = "LOSS_DRAIN"
                     with m.Else():
                         m.d.sync += lo.eq(lo + 1)
@@ -775,82 +681,11 @@ class Engine(wiring.Component):
                     with m.Elif(update == UPDATE["none"]):
                         m.next = "DONE"
                     with m.Else():
-                        m.d.sync += p.eq(0)
-                        m.next = "MAX"
-            with m.State("MAX"):
-                m.d.comb += max_pass.eq(1)
-                m.d.sync += p.eq(p + 1)
-                with m.If(p == P - 1):
-                    m.next = "MAX_DRAIN"
-            with m.State("MAX_DRAIN"):
-                with m.If(~max_busy):
-                    m.d.sync += norm_i.eq(0)
-                    m.next = "NORM"
-            with m.State("NORM"):
-                # NORM_CYCLES cycles, norm_i counting: 0 bitlength(dmax); 1 the shifts
-                # sh = bitlength - NORM_BITS and the sgd shift; 2 mn = dmax normalised to
-                # NORM_BITS bits and the sgd shift's parts; 3 3 * mn, the sgd rounding half
-                # and the divider's start
-                m.d.sync += norm_i.eq(norm_i + 1)
-                with m.Switch(norm_i):
-                    with m.Case(0):
-                        bl = Signal(7)
-                        for bit in range(len(dmax)):
-                            with m.If(dmax[bit]):
-                                m.d.comb += bl.eq(bit + 1)
-                        m.d.sync += blen.eq(bl)
-                    with m.Case(1):
-                        sh = blen.as_signed() - NORM_BITS
-                        sgd_full = (fm.delta.frac - fw + NORM_BITS) + sgd_cs - blen
-                        m.d.sync += [
-                            shr.eq(Mux(sh >= 0, sh, 0)), shl.eq(Mux(sh < 0, -sh, 0)),
-                            sgd_shift.eq(Mux(sgd_full > sgd_shift_max, sgd_shift_max, sgd_full)),
-                        ]
-                    with m.Case(2):
-                        m.d.sync += [
-                            mn.eq(Mux(shl != 0, dmax << shl, dmax >> shr)),
-                            sgd_r.eq(Mux(sgd_shift > 0, sgd_shift, 0)),
-                        ]
-                        if left_max:
-                            m.d.sync += sgd_l.eq(Mux(sgd_shift < 0, -sgd_shift, 0))
-                    with m.Case(NORM_CYCLES - 1):
-                        nb = max(1, sgd_shift_max.bit_length())
-                        m.d.sync += [
-                            mn3.eq(mn + (mn << 1)),
-                            sgd_half.eq(Mux(sgd_r == 0, 0, (Const(1, 1) << (sgd_r - 1).as_unsigned()[:nb])
-                                            [:sgd_shift_max])),
-                            # the quotient bits above 2 * DIV_CYCLES are 0: their remainder is
-                            # the dividend 2**RECIP_FRAC cut to its bits above them
-                            rem.eq(1 << (RECIP_FRAC - 2 * DIV_CYCLES)), recip.eq(0), div_i.eq(0),
-                            p.eq(0),
-                        ]
-                        with m.If(dmax == 0):
-                            m.next = "DONE"
-                        with m.Elif(update == UPDATE["maxnorm"]):
-                            m.next = "DIV"
-                        with m.Else():
-                            m.next = "UPD"
-            with m.State("DIV"):
-                # radix-4 restoring division of 2**RECIP_FRAC by mn, two quotient bits per
-                # cycle, the 2 * DIV_CYCLES low ones (the dividend's bits there are 0): the
-                # three trial remainders 4 * rem - q * mn (q = 1, 2, 3) in parallel, the
-                # largest q whose trial is not negative wins (rem < mn, so q <= 3)
-                trial = Cat(Const(0, 2), rem)
-                d1, d2, d3 = trial - mn, trial - (mn << 1), trial - mn3
-                ge1, ge2, ge3 = ~d1[-1], ~d2[-1], ~d3[-1]
-                rem_next = Mux(ge3, d3, Mux(ge2, d2, Mux(ge1, d1, trial)))[:len(rem)]
-                q_hi = ge2
-                q_lo = ge3 | (ge1 & ~ge2)
-                m.d.sync += [rem.eq(rem_next), recip.eq(Cat(q_lo, q_hi, recip)), div_i.eq(div_i + 1)]
-                with m.If(div_i == DIV_CYCLES - 1):
-                    m.next = "UPD"
-            with m.State("UPD"):
-                m.d.comb += [upd_pass.eq(1), w_rd.addr.eq(p)]
-                m.d.sync += p.eq(p + 1)
-                with m.If(p == P - 1):
-                    m.next = "UPD_DRAIN"
-            with m.State("UPD_DRAIN"):
-                with m.If(~update_busy):
+                        m.d.comb += upd.start.eq(1)
+                        m.next = "UPDATE"
+            with m.State("UPDATE"):
+                # the UpdateUnit's passes (its FSM: MAX, MAX_DRAIN, NORM, DIV, UPD, UPD_DRAIN)
+                with m.If(upd.done):
                     m.next = "DONE"
             with m.State("ARGMAX"):
                 # run mode's validation hits: output o and target o of every lane, one o per

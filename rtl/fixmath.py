@@ -3,9 +3,10 @@
 
 from __future__ import annotations
 
-from amaranth.hdl import Const, Mux, signed
+from amaranth.hdl import Const, Mux, Signal, signed
 
-__all__ = ["round_shift", "saturate", "round_shift_var", "tree_sum", "tree_levels", "round_shift_saturate"]
+__all__ = ["round_shift", "saturate", "round_shift_var", "tree_sum", "tree_levels", "round_shift_saturate",
+           "SUM_LEVELS_PER_STAGE", "lane_sum_stages", "pipelined_sum"]
 
 
 def round_shift(x, s: int):
@@ -126,3 +127,52 @@ def round_shift_saturate(x, s: int, fmt):
     inc = (h[:n] + c)[:n].as_signed()
     value = Mux(over, Const(hi, signed(n)), Mux(under, Const(lo, signed(n)), inc))
     return value, over | under
+
+
+#: Adder levels between two registers in the engine's pipelined sums (the delta banks over
+#: the lanes in the update passes, the squared errors in the loss pass, the maxima of the
+#: update unit's words).
+SUM_LEVELS_PER_STAGE = 2
+
+
+def lane_sum_stages(batch: int) -> int:
+    """Register stages of a pipelined reduction (:func:`pipelined_sum`) of ``batch`` terms.
+
+    Parameters
+    ----------
+    batch : int
+        Terms reduced (e.g. the lanes' delta banks), at least 1.
+
+    Returns
+    -------
+    int
+        ``ceil(ceil(log2(batch)) / SUM_LEVELS_PER_STAGE)``: 0 for one term, 1 for 2..4
+        terms, 2 for 5..16 (the default batch of 10), 3 for 17..64.
+    """
+    return -(-tree_levels(batch) // SUM_LEVELS_PER_STAGE)
+
+
+def pipelined_sum(m, terms, name, *, combine=None):
+    """The reduction of ``terms`` through :func:`lane_sum_stages` register stages.
+
+    ``m.d.sync``, no enable: :data:`SUM_LEVELS_PER_STAGE` tree levels per stage.  The result
+    is the last stage's register (the single term itself when there is one).  ``combine(a,
+    b)`` joins two terms (default ``a + b``, a widening add); the registers take the
+    combined value's shape.
+    """
+    stages = lane_sum_stages(len(terms))
+    terms = list(terms)
+    for st in range(stages):
+        for _ in range(SUM_LEVELS_PER_STAGE):
+            if len(terms) == 1:
+                break
+            terms = [(terms[n] + terms[n + 1] if combine is None else combine(terms[n], terms[n + 1]))
+                     if n + 1 < len(terms) else terms[n] for n in range(0, len(terms), 2)]
+        regs = []
+        for n, v in enumerate(terms):
+            r = Signal(v.shape(), name=f"{name}{st + 1}_{n}")
+            m.d.sync += r.eq(v)
+            regs.append(r)
+        terms = regs
+    assert len(terms) == 1
+    return terms[0]

@@ -25,7 +25,7 @@ from dpfm.rtl.protocol import (CLEAR_FLAGS_WORD, START_WORD, loss_raw, sample_wo
                                status_fields, word)
 from dpfm.rtl.regmap import register_map
 
-from .engine_expect import (STREAMS, StepCase, dual_scale_ii, merger_latency, normalise_payload,
+from .engine_expect import (STREAMS, UNIT_FSM_KEY, StepCase, dual_scale_ii, merger_latency, normalise_payload,
                             payload_matches, stream_layouts, unpack)
 
 __all__ = ["Transfer", "StepRecord", "StreamMonitor", "EngineTB", "compare_streams",
@@ -79,9 +79,15 @@ class StreamMonitor:
         self.config = config
         self.layouts = stream_layouts(config)
         self.cycle = 0
-        self.fsm = fsm or {}
+        fsm = dict(fsm or {})
+        # the UpdateUnit's own FSM (its states stand for the engine's UPDATE state)
+        self.unit_fsm = fsm.pop(UNIT_FSM_KEY, {})
+        self.fsm = fsm
         self.idle_code = self.fsm.get("IDLE", 0)
+        self.update_code = self.fsm.get("UPDATE")
         self.state = getattr(dut, "engine_state", None)
+        self.unit_state = getattr(getattr(dut, "upd", None), "update_state", None) \
+            if self.unit_fsm else None
         self.probes = {}
         for name, (inst, side) in STREAMS.items():
             block = getattr(dut, f"{inst}{lane}")
@@ -126,6 +132,8 @@ class StreamMonitor:
                 if code != self.idle_code:
                     if rec.start < 0:
                         rec.start = self.cycle
+                    if code == self.update_code and self.unit_state is not None:
+                        code = (UNIT_FSM_KEY, int(self.unit_state.value))
                     rec.states.append(code)
                     rec.end = self.cycle
             step_cycle = self.cycle - rec.start if rec.start >= 0 else -1
@@ -146,6 +154,7 @@ class StreamMonitor:
     def state_cycles(self) -> dict:
         """Cycles spent in each FSM state during the recorded step."""
         names = {code: name for name, code in self.fsm.items()}
+        names.update({(UNIT_FSM_KEY, code): name for name, code in self.unit_fsm.items()})
         counts = {}
         for code in self.record.states:
             key = names.get(code, code)

@@ -36,19 +36,24 @@ from dpfm.rtl.activation import PIPELINE_STAGES as ACT_LATENCY
 from dpfm.rtl.dual_scale import PIPELINE_STAGES as SCALE_LATENCY
 from dpfm.rtl.engine import (AFIFO_LATENCY, DIV_CYCLES, ISSUE_DEPTH, LOSS_PIPE, MAX_PIPE,  # the pipeline's constants
                              NORM_CYCLES, UPDATE_PIPE, lane_sum_stages)
+from dpfm.rtl.update import update_words
 from dpfm.rtl.regmap import FLAGS
 
 __all__ = [
-    "CONFIG_ENV", "FSM_ENV", "STREAMS", "StepCase", "step_case", "sample_batch",
-    "expected_streams", "expected_flags", "step_counts", "phase_cycles", "step_cycles",
+    "CONFIG_ENV", "FSM_ENV", "UNIT_FSM_KEY", "STREAMS", "StepCase", "step_case", "sample_batch",
+    "expected_streams", "expected_flags", "step_counts", "phase_cycles", "update_phase_cycles", "step_cycles",
     "loss_drain_cycles", "loss_drain_bound", "layer_cycles", "merger_latency", "dual_scale_ii", "candidates_per_list",
     "stream_layouts", "unpack", "normalise_payload", "payload_matches", "config_from_env",
 ]
 
 #: Environment variable carrying the Config (JSON of ``Config.to_dict()``) into the cocotb run.
 CONFIG_ENV = "DPFM_ENGINE_CONFIG"
-#: Environment variable carrying the FSM's state encoding (JSON ``{name: code}``).
+#: Environment variable carrying the FSM's state encoding (JSON ``{name: code}``; the
+#: UpdateUnit's own encoding under :data:`UNIT_FSM_KEY`).
 FSM_ENV = "DPFM_ENGINE_FSM"
+#: Key of the UpdateUnit's FSM encoding in the :data:`FSM_ENV` JSON: its states (MAX ...
+#: UPD_DRAIN) stand for the engine's UPDATE state in the per-state cycle counts.
+UNIT_FSM_KEY = "update_unit"
 
 #: The lane streams the monitor follows: name -> (instance, input or output side).
 STREAMS = {
@@ -360,13 +365,28 @@ def phase_cycles(config: Config, *, update: str = "maxnorm", loss_drain: int | N
         wait += w
     phases = {"FWD": fwd, "FWD_WAIT": wait, "LOSS": config.n_out * K, "LOSS_DRAIN": loss_drain}
     if update != "none":
-        # MAX_DRAIN: the MAX pipeline (T stages of the sum over the banks) empties
-        phases.update({"MAX": P, "MAX_DRAIN": 1 + MAX_PIPE + T, "NORM": NORM_CYCLES})
-        if not delta_zero:
-            if update == "maxnorm":
-                phases["DIV"] = DIV_CYCLES      # two quotient bits per cycle, RECIP_BITS of them
-            phases.update({"UPD": P, "UPD_DRAIN": 1 + UPDATE_PIPE + T})
+        phases.update(update_phase_cycles(config, update=update, delta_zero=delta_zero))
     phases["DONE"] = 1
+    return phases
+
+
+def update_phase_cycles(config: Config, *, update: str = "maxnorm", delta_zero: bool = False) -> dict:
+    """Cycles per state of the :class:`~dpfm.rtl.update.UpdateUnit` (the engine's UPDATE
+    state), ``M = update_lanes`` parameters per cycle, ``W = ceil(n_params / M)`` words.
+
+    MAX ``W``; MAX_DRAIN ``1 + MAX_PIPE + T + T_M`` (the MAX pipeline empties: ``T =
+    lane_sum_stages(batch)`` stages of the sum over the banks, ``T_M = lane_sum_stages(M)``
+    of the maximum over a word); NORM ``NORM_CYCLES``; then, unless every delta is 0, DIV
+    ``DIV_CYCLES`` (maxnorm), UPD ``W``, UPD_DRAIN ``1 + UPDATE_PIPE + T``.
+    """
+    W = update_words(config)
+    T = lane_sum_stages(config.batch)
+    TM = lane_sum_stages(config.update_lanes)
+    phases = {"MAX": W, "MAX_DRAIN": 1 + MAX_PIPE + T + TM, "NORM": NORM_CYCLES}
+    if not delta_zero:
+        if update == "maxnorm":
+            phases["DIV"] = DIV_CYCLES      # two quotient bits per cycle, RECIP_BITS of them
+        phases.update({"UPD": W, "UPD_DRAIN": 1 + UPDATE_PIPE + T})
     return phases
 
 

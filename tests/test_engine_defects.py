@@ -34,6 +34,7 @@ from dpfm.reference import MLP
 from dpfm.reference.mlp import SGD_CS_MAX, SGD_CS_MIN, fixed_update, lr_quantize
 from dpfm.rtl.dual_scale import DualScale
 from dpfm.rtl.engine import DIV_CYCLES, RECIP_BITS, Engine
+from dpfm.rtl.update import UpdateUnit, delta_bank_shape
 from dpfm.rtl.regmap import CTRL, FLAGS, STATUS, UPDATE, Resp
 from dpfm.rtl.topk import TopKMerger
 
@@ -83,6 +84,8 @@ class EngineSim:
         body = _sub(self.fragment, "engine")
         fsm = body.generated["engine"]
         self.state, self.states = fsm.state, dict(fsm.encoding)
+        unit_fsm = _sub(body, "upd").generated["update"]     # MAX ... UPD_DRAIN: the UpdateUnit's
+        self.unit_state, self.unit_states = unit_fsm.state, dict(unit_fsm.encoding)
         self.banks = [_sub(body, f"dmem{s}").origins[0] for s in range(config.batch)]
         self.flags = _sub(body, "flags").origins[0]
         self.cycle = 0                       # clock cycles since the simulation began
@@ -206,9 +209,13 @@ class Bus:
 
     async def wait_state(self, name, limit=20_000):
         """Tick until the FSM is in state ``name`` (seen after a clock edge)."""
-        code = self.sim.states[name]
+        if name in self.sim.states:
+            code, unit_code = self.sim.states[name], None
+        else:                               # a state of the UpdateUnit, in the engine's UPDATE
+            code, unit_code = self.sim.states["UPDATE"], self.sim.unit_states[name]
         for _ in range(limit):
-            if self.ctx.get(self.sim.state) == code:
+            if self.ctx.get(self.sim.state) == code and \
+                    (unit_code is None or self.ctx.get(self.sim.unit_state) == unit_code):
                 return
             await self.ctx.tick()
         raise AssertionError(f"the FSM never reached {name}")
@@ -306,10 +313,11 @@ def test_sgd_step_is_bit_exact_for_every_sgd_cs():
     sim.run(bench)
 
 
-def _top_cells(config: Config, kind: str) -> list:
-    """``(parameters, connections)`` of the ``$kind`` cells of the engine's own module."""
+def _top_cells(config: Config, kind: str, component=None) -> list:
+    """``(parameters, connections)`` of the ``$kind`` cells of the engine's own module (or
+    of ``component``'s)."""
     from amaranth.back import rtlil
-    text = rtlil.convert(Engine(config), name="engine_top")
+    text = rtlil.convert(Engine(config) if component is None else component, name="engine_top")
     module = next(m for m in text.split("\nmodule ") if m.startswith("\\engine_top\n"))
     cells = []
     for cell in re.finditer(r"cell \$%s \S+\n(.*?)\n\s*end\n" % kind, module, re.S):
@@ -321,15 +329,18 @@ def _top_cells(config: Config, kind: str) -> list:
 
 
 def test_update_datapath_widths():
-    """No adder of the engine is wider than the 64-bit LOSS accumulator's (the sgd rounding
-    shift was a 129-bit add), and the update's multiply ``Dn * (recip | c_q)`` fits one
-    signed 25 x 18 DSP48E1 (it was 19 x 37 with the 36-bit reciprocal)."""
-    widest = max(p["Y_WIDTH"] for p, _ in _top_cells(CFG, "add"))
+    """No adder of the engine or its UpdateUnit is wider than the 64-bit LOSS accumulator's
+    (the sgd rounding shift was a 129-bit add), and the update's multiplies ``Dn * (recip |
+    c_q)``, one per parameter of a word, each fit one signed 25 x 18 DSP48E1 (it was 19 x 37
+    with the 36-bit reciprocal)."""
+    unit = UpdateUnit(CFG)
+    widest = max(p["Y_WIDTH"] for p, _ in _top_cells(CFG, "add") + _top_cells(CFG, "add", unit))
     assert widest <= 66, f"an adder of {widest} bits"
-    update_mul = [p for p, c in _top_cells(CFG, "mul") if c["A"].startswith("\\dn2")]
-    assert len(update_mul) == 1, update_mul
-    a, b = sorted((update_mul[0]["A_WIDTH"], update_mul[0]["B_WIDTH"]))
-    assert a <= 18 and b <= 25, f"the update multiply is {a} x {b} bits"
+    update_mul = [p for p, c in _top_cells(CFG, "mul", unit) if c["A"].startswith("\\dn2")]
+    assert len(update_mul) == CFG.update_lanes, update_mul
+    for mul in update_mul:
+        a, b = sorted((mul["A_WIDTH"], mul["B_WIDTH"]))
+        assert a <= 18 and b <= 25, f"the update multiply is {a} x {b} bits"
     assert RECIP_BITS == 20 and DIV_CYCLES == 10
 
 
@@ -545,15 +556,30 @@ def test_merge_busy_counts_the_cycles_any_active_lane_merges(monkeypatch, batch_
 
 
 # --------------------------------------------------------------------------- 5: reciprocal
+#: The largest |sum| one delta bank holds at CFG (:func:`~dpfm.rtl.update.delta_bank_shape`).
+BANK_HI = CFG.n_out * CFG.k << (CFG.formats.value.bits + CFG.formats.grad.bits - 2)
+assert delta_bank_shape(CFG).width == BANK_HI.bit_length() + 1
+
+
+def _bank_words(values, config=CFG):
+    """Per-parameter bank values -> the bank's words of ``update_lanes`` deltas."""
+    M, bits = config.update_lanes, delta_bank_shape(config).width
+    vals = list(values) + [0] * (-len(values) % M)
+    return [sum((int(vals[a + e]) & ((1 << bits) - 1)) << (e * bits) for e in range(M))
+            for a in range(0, len(vals), M)]
+
+
 DELTA_CASES = {
     # name: bank contents per lane, per parameter (None: zero)
     "max |D| = 1": lambda P: ([1, -1] + [0] * (P - 2), [0] * P),
     "max |D| = 1, negative": lambda P: ([0] * P, [-1] + [0] * (P - 1)),
-    "max |D| = 2**47 (saturated)": lambda P: ([-(1 << 47) - 5] + list(range(1, P)), [0] * P),
-    "max |D| = 2**47 - 1": lambda P: ([(1 << 46)] * P, [(1 << 46) - 1] + [3] * (P - 1)),
+    # the banks hold exactly what a lane can sum (|D_s| <= BANK_HI, 2**42 here); the sums
+    # that saturate the 48-bit delta format need more lanes (tests/test_rtl_update.py)
+    "max |D| = 2 * BANK_HI, negative": lambda P: ([-BANK_HI] + list(range(1, P)), [-BANK_HI] + [0] * (P - 1)),
+    "max |D| = 2 * BANK_HI - 1": lambda P: ([BANK_HI] * P, [BANK_HI - 1] + [3] * (P - 1)),
     "max |D| = 2**16 (mn = 2**16)": lambda P: ([1 << 16] + [-7] * (P - 1), [0] * P),
     "max |D| = 2**17 - 1 (mn = 2**17 - 1)": lambda P: ([(1 << 17) - 1] + [5] * (P - 1), [0] * P),
-    "banks overflow 48 bits": lambda P: ([(1 << 55) - 1] * P, [(1 << 55) - 1] * P),
+    "banks at their bounds": lambda P: ([BANK_HI] * P, [-BANK_HI] * (P - 1) + [BANK_HI]),
     "random": lambda P: (list(np.random.default_rng(1).integers(-(1 << 40), 1 << 40, P)),
                          list(np.random.default_rng(2).integers(-(1 << 40), 1 << 40, P))),
 }
@@ -563,8 +589,8 @@ DELTA_CASES = {
                                            ("sgd", ((1 << 17) - 1, 17)), ("sgd", (1 << 16, SGD_CS_MAX))])
 def test_update_with_extreme_deltas_is_bit_exact(update, sgd_q):
     """The delta banks are overwritten when MAX begins, with the extreme sums the update can
-    see (``max|D|`` from 1 to the saturated 2**47, the normalised maximum at both ends of
-    [2**16, 2**17)); the updated weights are the reference's :func:`fixed_update` of the
+    see at this Config (``max|D|`` from 1 to both banks at their bounds, the normalised
+    maximum at both ends of [2**16, 2**17)); the updated weights are the reference's :func:`fixed_update` of the
     saturated sums.  maxnorm exercises the 20-bit reciprocal, sgd the ends of SGD_CS."""
     sim = EngineSim(CFG)
     fmt, P = CFG.formats, CFG.n_params
@@ -579,8 +605,8 @@ def test_update_with_extreme_deltas_is_bit_exact(update, sgd_q):
             await bus.start()
             await bus.wait_state("MAX")
             for mem, values in zip(sim.banks, contents):
-                for p, v in enumerate(values):
-                    bus.ctx.set(mem.data[p], int(v))
+                for a, word in enumerate(_bank_words(values)):
+                    bus.ctx.set(mem.data[a], word)
             await bus.wait_done()
             D, _ = fmt.delta.saturate(np.sum(np.array(contents, dtype=np.int64), axis=0))
             upd = fixed_update(D, LR, update, count, fmt, sgd_q=sgd_q)

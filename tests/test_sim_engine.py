@@ -22,7 +22,7 @@ import pytest
 from dpfm.config import Config
 from dpfm.reference.kernels import topk_insert
 from dpfm.rtl.regmap import register_map
-from dpfm.sim.engine_expect import (CONFIG_ENV, FSM_ENV, expected_streams, phase_cycles,
+from dpfm.sim.engine_expect import (CONFIG_ENV, FSM_ENV, UNIT_FSM_KEY, expected_streams, phase_cycles,
                                     sample_batch, step_case, step_counts, step_cycles)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -66,9 +66,11 @@ def engine_design(name: str, config: Config) -> tuple[str, dict]:
         return vpath.read_text(), json.loads(fpath.read_text())
     from amaranth.hdl import Fragment
     from dpfm.rtl.engine import Engine
+    from dpfm.rtl.update import UpdateUnit
     from dpfm.toolchain import component_verilog
     text = component_verilog(Engine(config), name="dpfm_engine")
     fsm = dict(Fragment.get(Engine(config), None).generated["engine"].encoding)
+    fsm[UNIT_FSM_KEY] = dict(Fragment.get(UpdateUnit(config), None).generated["update"].encoding)
     cache.mkdir(parents=True, exist_ok=True)
     vpath.write_text(text)
     fpath.write_text(json.dumps(fsm))
@@ -170,7 +172,8 @@ def test_expected_stream_lengths():
 def test_cycle_formula_parts():
     cfg = Config(k=16, batch=10)
     phases = phase_cycles(cfg, update="maxnorm")
-    assert phases["MAX"] == phases["UPD"] == cfg.n_params
+    assert phases["MAX"] == phases["UPD"] == -(-cfg.n_params // cfg.update_lanes)
+    assert phase_cycles(cfg.replace(update_lanes=1), update="maxnorm")["MAX"] == cfg.n_params
     assert "DIV" not in phase_cycles(cfg, update="sgd")
     assert set(phase_cycles(cfg, update="none")) == {"FWD", "FWD_WAIT", "LOSS", "LOSS_DRAIN", "DONE"}
     assert step_cycles(cfg, update="sgd") < step_cycles(cfg, update="maxnorm")

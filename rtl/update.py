@@ -1,0 +1,386 @@
+"""The update passes of a training step: ``m = max|D|``, normalisation, reciprocal, ``w -= upd``.
+
+:class:`UpdateUnit` runs them on a start strobe, ``M`` (:attr:`~dpfm.config.Config.update_lanes`)
+parameters per cycle, bit-exact with :func:`dpfm.reference.mlp.fixed_update` and the weight
+saturation of :meth:`dpfm.reference.MLP.step_raw`.  The memories stay with the engine: the
+unit addresses words of ``M`` parameters (parameter ``p`` is element ``p % M`` of word
+``p // M``) in the lanes' delta banks and in the weight memory, and writes the weight words
+back with a per-weight enable.
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import Cat, Const, Module, Mux, Shape, Signal, signed, unsigned
+from amaranth.lib import data, wiring
+from amaranth.lib.wiring import In, Out
+
+from dpfm.config import Config
+from dpfm.reference.mlp import NORM_BITS, RATIO_FRAC, RECIP_FRAC, SGD_CS_MIN
+
+from .fixmath import lane_sum_stages, pipelined_sum, round_shift, saturate
+from .regmap import UPDATE, register_map
+
+__all__ = ["UpdateUnit", "RECIP_BITS", "DIV_CYCLES", "NORM_CYCLES", "MAX_PIPE", "UPDATE_PIPE",
+           "delta_bank_shape", "update_words"]
+
+#: Bits of the maxnorm reciprocal ``floor(2**RECIP_FRAC / m_n)``: the normalised maximum
+#: ``m_n`` lies in ``[2**(NORM_BITS-1), 2**NORM_BITS)``, so the reciprocal lies in
+#: ``(2**(RECIP_FRAC-NORM_BITS), 2**(RECIP_FRAC-NORM_BITS+1)]`` (20 bits by default; the
+#: largest, for ``m_n = 2**16``, is ``2**19`` itself).
+RECIP_BITS = RECIP_FRAC - NORM_BITS + 2
+#: Cycles of the DIV state: the radix-4 restoring divider makes two quotient bits per cycle
+#: and skips the quotient bits above :data:`RECIP_BITS`, which are always 0.
+DIV_CYCLES = (RECIP_BITS + 1) // 2
+#: Cycles of the NORM state: the bit length of ``max|D|``; the shifts; the normalised
+#: maximum; three times it (for the divider) and the sgd rounding constant.
+NORM_CYCLES = 4
+#: Register stages of the MAX pass after the word address, besides the
+#: :func:`~dpfm.rtl.fixmath.lane_sum_stages` of the sum over the delta banks (``T``) and of
+#: the maximum over the word's ``M`` parameters (``T_M = lane_sum_stages(M)``): the banks'
+#: read, ``D = sat(sum)``, the magnitude key of ``D`` (the word's maximum is compared with
+#: the running maximum in the last stage).
+MAX_PIPE = 3
+#: Register stages of the UPD pass after the word address, besides the ``T`` of the sum
+#: over the delta banks: the reads, ``D = sat(sum)``, ``Dn = D >> sh``, the product ``Dn *
+#: (recip | c_q)``, the ratio (maxnorm) or the rounding add (sgd), ``ratio * lr_q`` or the
+#: shift, ``w - upd``, its saturation (written in that stage).
+UPDATE_PIPE = 8
+
+
+def update_words(config: Config) -> int:
+    """Words of ``M = config.update_lanes`` parameters: ``ceil(n_params / M)``."""
+    return -(-config.n_params // config.update_lanes)
+
+
+def delta_bank_shape(config: Config) -> Shape:
+    """Exact shape of one lane's delta sum ``D_s[p] = sum e * g``.
+
+    A lane adds at most ``n_out * k`` products ``e * g`` (saturated error in the value
+    format times a register in the grad format) into one parameter; each lies in
+    ``[-2**(v+g-2), 2**(v+g-2)]`` (``v``, ``g`` the formats' bits), so the sum never leaves
+    ``n_out * k`` times that: 46 bits for the seed net at k=16, 50 for 64-32-10 at k=16.
+    """
+    fm = config.formats
+    bound = config.n_out * config.k << (fm.value.bits + fm.grad.bits - 2)
+    return Shape.cast(range(-bound, bound + 1))
+
+
+class UpdateUnit(wiring.Component):
+    """The update passes MAX -> NORM -> DIV (maxnorm) -> UPD, ``M`` parameters per cycle.
+
+    On ``start`` (the engine's UPDATE register in ``mode``: sgd or maxnorm) the unit reads
+    every word of the ``batch`` lanes' delta banks and sums them per parameter, ``D =
+    sat_delta(sum)`` (format ``config.formats.delta``, ``value.frac + grad.frac`` fractional
+    bits, 48 bits; a clamp raises ``sat_delta``), finds ``m = max|D|``; NORM normalises it to
+    ``m_n`` in ``[2**16, 2**17)``; for maxnorm a radix-4 restoring divider makes the
+    :data:`RECIP_BITS`-bit ``floor(2**35 / m_n)``; UPD reads the words again with the weight
+    words (weight format, ``weight.bits`` per weight) and writes ``sat_weight(w - upd)`` back
+    as :func:`dpfm.reference.mlp.fixed_update` defines ``upd`` (a clamp raises
+    ``sat_weight``).  When ``m == 0`` the unit ends after NORM and writes nothing.  Elements
+    of the last word past ``n_params`` are never written and raise no flag.
+
+    Latency (cycles from the ``start`` cycle to the ``done`` cycle, both counted, ``W =
+    ceil(n_params / M)``, ``T = lane_sum_stages(batch)``, ``T_M = lane_sum_stages(M)``):
+    MAX ``W``, MAX_DRAIN ``1 + MAX_PIPE + T + T_M``, NORM :data:`NORM_CYCLES`, DIV
+    :data:`DIV_CYCLES` (maxnorm only), UPD ``W``, UPD_DRAIN ``1 + UPDATE_PIPE + T``; after
+    NORM when ``m == 0``.  Throughput: ``M`` parameters per cycle in MAX and UPD (two
+    multiplies per parameter in UPD, DSP48E1-sized: ``18 x 21`` and ``18 x 16`` bits).
+
+    Parameters
+    ----------
+    config : Config
+        Net, batch, formats and ``update_lanes`` (``M``, a power of two).
+
+    Members
+    -------
+    start : ``In(1)``
+        Begin the passes (taken in IDLE only).
+    mode : ``In(2)``
+        The UPDATE register: ``UPDATE["sgd"]`` or ``UPDATE["maxnorm"]``; held while busy.
+    lr_q, sgd_cq, sgd_cs : ``In``
+        The LR_Q, SGD_CQ and SGD_CS registers (their register-map shapes); held while busy.
+    busy : ``Out(1)``
+        The unit is in a pass; it drives ``addr`` (and ``w_rd_addr`` in UPD).
+    done : ``Out(1)``
+        High in the unit's last cycle (the end of UPD_DRAIN, or of NORM when ``m == 0``).
+    addr : ``Out(range(W))``
+        Word address of the delta banks' read ports; their data is expected in ``deltas``
+        the next cycle.
+    deltas : ``In(ArrayLayout(unsigned(M * d), batch))``
+        The banks' read data, lane by lane, ``M`` deltas of :func:`delta_bank_shape` (``d``
+        bits, two's complement) per word.
+    w_rd_addr : ``Out(range(W))``
+        Word address of the weight memory's read port during UPD; data expected in
+        ``weights`` the next cycle.
+    weights : ``In(unsigned(M * weight.bits))``
+        The weight word read.
+    w_addr, w_data, w_en : ``Out``
+        The weight memory's write port: word address, ``M`` weights, one enable per weight.
+    sat_delta, sat_weight : ``Out(1)``
+        Saturation events (one cycle each) for the FLAGS register.
+    """
+
+    def __init__(self, config: Config):
+        if not isinstance(config, Config):
+            raise TypeError(f"UpdateUnit needs a dpfm.config.Config, not {config!r}")
+        self._config = config
+        M = config.update_lanes
+        words = update_words(config)
+        rmap = register_map(config)
+
+        def reg_shape(name):
+            r = rmap[name]
+            return signed(r.bits) if r.signed else unsigned(r.bits)
+        self._dshape = delta_bank_shape(config)
+        wbits = config.formats.weight.bits
+        super().__init__({
+            "start": In(1), "mode": In(2),
+            "lr_q": In(reg_shape("LR_Q")), "sgd_cq": In(reg_shape("SGD_CQ")),
+            "sgd_cs": In(reg_shape("SGD_CS")),
+            "busy": Out(1), "done": Out(1),
+            "addr": Out(range(max(words, 2))),
+            "deltas": In(data.ArrayLayout(unsigned(M * self._dshape.width), config.batch)),
+            "w_rd_addr": Out(range(max(words, 2))),
+            "weights": In(unsigned(M * wbits)),
+            "w_addr": Out(range(max(words, 2))), "w_data": Out(unsigned(M * wbits)), "w_en": Out(M),
+            "sat_delta": Out(1), "sat_weight": Out(1),
+        })
+
+    @property
+    def config(self) -> Config:
+        return self._config
+
+    @property
+    def delta_shape(self) -> Shape:
+        """Shape of one delta in a bank word (:func:`delta_bank_shape`)."""
+        return self._dshape
+
+    def elaborate(self, platform):
+        m = Module()
+        cfg = self._config
+        fm = cfg.formats
+        fw = fm.weight.frac
+        B, P, M = cfg.batch, cfg.n_params, cfg.update_lanes
+        words = update_words(cfg)
+        dshape = self._dshape
+        db = dshape.width
+        wshape = signed(fm.weight.bits)
+        wb = wshape.width
+        T = lane_sum_stages(B)
+        TM = lane_sum_stages(M)
+
+        # stage t holds what stage t-1 computed; stage 0 puts the word address on the banks:
+        #   1             the banks' read data
+        #   2 .. 1+T      the sum over the banks, per element
+        #   ST_SAT        D = sat(sum) and its overflow
+        #   ST_ABS        MAX: the magnitude key of D; UPD: Dn = D >> sh
+        #   ST_ABS+1..TM  MAX: the word's largest key (compared with the running one there)
+        #   ST_ABS+1      UPD: Dn * (recip | c_q) (a DSP48E1, operand and product registered)
+        #   ST_ABS+2      maxnorm: ratio = round_shift(., 19); sgd: the product plus half;
+        #                 the weight word's read address
+        #   ST_ABS+3      maxnorm: ratio * lr_q (DSP48E1); sgd: the shift; the weight word
+        #   ST_ABS+4      w - upd
+        #   ST_ABS+5      w_new = sat(w - upd): written to W in this stage
+        ST_SAT = 2 + T
+        ST_ABS = ST_SAT + 1
+        ST_MAX = ST_ABS + TM
+        ST_W = ST_ABS + 5
+        assert ST_MAX == MAX_PIPE + T + TM and ST_W == UPDATE_PIPE + T
+        last = max(ST_W, ST_MAX)
+
+        p = Signal(range(words + 1))
+        max_pass = Signal()
+        upd_pass = Signal()
+        pv = [Signal(name=f"pv{t}") for t in range(last + 1)]       # a word in stage t
+        pmax = [Signal(name=f"pmax{t}") for t in range(last + 1)]   # ... of the MAX pass
+        pa = [Signal(range(max(words, 2)), name=f"pa{t}") for t in range(last + 1)]   # its address
+        m.d.comb += [pv[0].eq(max_pass | upd_pass), pmax[0].eq(max_pass), pa[0].eq(p)]
+        for t in range(1, last + 1):
+            m.d.sync += [pv[t].eq(pv[t - 1]), pmax[t].eq(pmax[t - 1]), pa[t].eq(pa[t - 1])]
+        pupd = [pv[t] & ~pmax[t] for t in range(last + 1)]
+        update_busy = Cat(pv[1:ST_W + 1]).any()
+        max_busy = Cat(pmax[1:ST_MAX + 1]).any()
+        m.d.comb += [self.addr.eq(p), self.w_rd_addr.eq(pa[ST_ABS + 2])]
+
+        # per-step constants (NORM, DIV)
+        dkey = Signal(fm.delta.bits)       # the largest magnitude key: 2 * u + s (see below)
+        dmax = Signal(fm.delta.bits)       # m = max|D| = u + s of dkey
+        blen = Signal(7)                   # bitlength(dmax)
+        shr = Signal(6)                    # max(sh, 0)
+        shl = Signal(5)                    # max(-sh, 0)
+        mn = Signal(NORM_BITS + 1)         # m normalised: 2**(NORM_BITS-1) <= mn < 2**NORM_BITS
+        mn3 = Signal(NORM_BITS + 3)        # 3 * mn, for the radix-4 divider
+        norm_i = Signal(range(NORM_CYCLES + 1))
+        recip = Signal(2 * DIV_CYCLES)     # floor(2**RECIP_FRAC / mn) < 2**RECIP_BITS
+        rem = Signal(NORM_BITS + 2)
+        div_i = Signal(range(DIV_CYCLES + 1))
+        m.d.sync += dmax.eq(dkey[1:] + dkey[0])
+
+        maxnorm = self.mode == UPDATE["maxnorm"]
+        # Dn = D >> sh (floor) or D << -sh: -2**(NORM_BITS-1)*2 <= Dn < 2**NORM_BITS since |D| <= m
+        mult = Signal(max(RECIP_BITS, NORM_BITS + 1))   # recip (maxnorm) or c_q (sgd)
+        prod_w = NORM_BITS + 1 + len(mult) + 1
+        # sgd: upd = round_shift(Dn * c_q, delta.frac + cs - weight.frac - sh).  A shift of at
+        # least the product's width rounds every product to 0, so the shift is held clamped
+        # to it.  The smallest shift (cs = SGD_CS_MIN, sh = delta.bits - NORM_BITS) is 3 for
+        # the default formats; formats that make it negative get a left-shift path.
+        sgd_shift_max = prod_w
+        sgd_shift_min = fm.delta.frac - fw + SGD_CS_MIN - (fm.delta.bits - NORM_BITS)
+        sgd_shift = Signal(range(min(0, sgd_shift_min), sgd_shift_max + 1))
+        left_max = max(0, -sgd_shift_min)
+        sgd_r = Signal(range(sgd_shift_max + 1))           # max(shift, 0)
+        sgd_l = Signal(range(left_max + 1))                 # max(-shift, 0)
+        sgd_half = Signal(sgd_shift_max)                    # 2**(sgd_r - 1), 0 when sgd_r == 0
+        m.d.sync += mult.eq(Mux(maxnorm, recip[:RECIP_BITS], self.sgd_cq))   # constant in UPD
+
+        # the parameter datapath, one copy per element of a word
+        keys, d_ovfs, w_news, w_ovfs = [], [], [], []
+        for e in range(M):
+            terms = [self.deltas[s].word_select(e, db).as_signed() for s in range(B)]
+            d_total = pipelined_sum(m, terms, f"d_sum{e}_")
+            d_sat = Signal(signed(fm.delta.bits), name=f"d_sat{e}")
+            d_ovf = Signal(name=f"d_ovf{e}")
+            d_sat_v, d_ovf_v = saturate(d_total, fm.delta)
+            # the magnitude key: u = D ^ sign (|D| for D >= 0, |D| - 1 below), s = the sign;
+            # 2 * u + s orders like |D| (ties between +x and -x aside), |D| = u + s
+            sign = d_sat[-1]
+            key = Signal(fm.delta.bits, name=f"dkey{e}")
+            dn2 = Signal(signed(NORM_BITS + 1), name=f"dn2_{e}")
+            prod_u3 = Signal(signed(prod_w), name=f"prod_u3_{e}")
+            ratio = Signal(signed(RATIO_FRAC + 2), name=f"ratio{e}")     # |ratio| <= 2**16 + 1
+            sgd_sum = Signal(signed(prod_w + 1), name=f"sgd_sum{e}")
+            prod_u4 = Signal(signed(len(ratio) + len(self.lr_q) + 1), name=f"prod_u4_{e}")
+            sgdupd4 = Signal(signed(len(sgd_sum) + left_max), name=f"sgdupd4_{e}")
+            w_diff = Signal(signed(max(len(prod_u4) - RATIO_FRAC, len(sgdupd4), wb) + 2),
+                            name=f"w_diff{e}")
+            w_new = Signal(wshape, name=f"w_new{e}")
+            w_ovf = Signal(name=f"w_ovf{e}")
+            sgd_shifted = sgd_sum >> sgd_r
+            if left_max:
+                sgd_shifted = Mux(sgd_l != 0, sgd_sum << sgd_l, sgd_shifted)
+            upd = Mux(maxnorm, round_shift(prod_u4, RATIO_FRAC), sgdupd4)
+            w_word = self.weights.word_select(e, wb).as_signed()        # stage ST_ABS + 3
+            m.d.sync += [
+                d_sat.eq(d_sat_v), d_ovf.eq(d_ovf_v),                                       # ST_SAT
+                key.eq(Cat(sign, d_sat[:-1] ^ sign.replicate(fm.delta.bits - 1))),          # ST_ABS
+                dn2.eq(Mux(shl != 0, d_sat << shl, d_sat >> shr)),
+                prod_u3.eq(dn2 * mult),                                                     # +1
+                ratio.eq(round_shift(prod_u3, RECIP_FRAC - RATIO_FRAC)[:len(ratio)]),       # +2
+                sgd_sum.eq(prod_u3 + sgd_half),
+                prod_u4.eq(ratio * self.lr_q),                                              # +3
+                sgdupd4.eq(sgd_shifted),
+                w_diff.eq(w_word - upd),                                                    # +4
+                w_new.eq(saturate(w_diff, fm.weight)[0]),                                   # +5
+                w_ovf.eq(saturate(w_diff, fm.weight)[1]),
+            ]
+            keys.append(key)
+            d_ovfs.append(d_ovf)
+            w_news.append(w_new)
+            w_ovfs.append(w_ovf)
+
+        def larger(a, b):
+            return Mux(a >= b, a, b)
+        word_key = pipelined_sum(m, keys, "wkey", combine=larger)
+        with m.If(pmax[ST_MAX] & (word_key > dkey)):
+            m.d.sync += dkey.eq(word_key)
+
+        # elements past n_params in the last word: never written, no flag
+        tail = P % M
+        if tail:
+            elem_ok = Cat(Const(1, 1) if e < tail else (pa[ST_W] != words - 1) for e in range(M))
+        else:
+            elem_ok = Const((1 << M) - 1, M)
+        m.d.comb += [
+            self.w_addr.eq(pa[ST_W]), self.w_data.eq(Cat(*w_news)),
+            self.w_en.eq(Mux(pupd[ST_W], elem_ok, 0)),
+            self.sat_delta.eq(pmax[ST_SAT] & Cat(*d_ovfs).any()),
+            self.sat_weight.eq(pupd[ST_W] & (Cat(*w_ovfs) & elem_ok).any()),
+        ]
+
+        with m.FSM(name="update"):
+            with m.State("IDLE"):
+                with m.If(self.start):
+                    m.d.sync += [p.eq(0), dkey.eq(0)]
+                    m.next = "MAX"
+            with m.State("MAX"):
+                m.d.comb += [max_pass.eq(1), self.busy.eq(1)]
+                m.d.sync += p.eq(p + 1)
+                with m.If(p == words - 1):
+                    m.next = "MAX_DRAIN"
+            with m.State("MAX_DRAIN"):
+                m.d.comb += self.busy.eq(1)
+                with m.If(~max_busy):
+                    m.d.sync += norm_i.eq(0)
+                    m.next = "NORM"
+            with m.State("NORM"):
+                # NORM_CYCLES cycles, norm_i counting: 0 bitlength(dmax); 1 the shifts
+                # sh = bitlength - NORM_BITS and the sgd shift; 2 mn = dmax normalised to
+                # NORM_BITS bits and the sgd shift's parts; 3 3 * mn, the sgd rounding half
+                # and the divider's start
+                m.d.comb += self.busy.eq(1)
+                m.d.sync += norm_i.eq(norm_i + 1)
+                with m.Switch(norm_i):
+                    with m.Case(0):
+                        bl = Signal(7)
+                        for bit in range(len(dmax)):
+                            with m.If(dmax[bit]):
+                                m.d.comb += bl.eq(bit + 1)
+                        m.d.sync += blen.eq(bl)
+                    with m.Case(1):
+                        sh = blen.as_signed() - NORM_BITS
+                        sgd_full = (fm.delta.frac - fw + NORM_BITS) + self.sgd_cs - blen
+                        m.d.sync += [
+                            shr.eq(Mux(sh >= 0, sh, 0)), shl.eq(Mux(sh < 0, -sh, 0)),
+                            sgd_shift.eq(Mux(sgd_full > sgd_shift_max, sgd_shift_max, sgd_full)),
+                        ]
+                    with m.Case(2):
+                        m.d.sync += [
+                            mn.eq(Mux(shl != 0, dmax << shl, dmax >> shr)),
+                            sgd_r.eq(Mux(sgd_shift > 0, sgd_shift, 0)),
+                        ]
+                        if left_max:
+                            m.d.sync += sgd_l.eq(Mux(sgd_shift < 0, -sgd_shift, 0))
+                    with m.Case(NORM_CYCLES - 1):
+                        nb = max(1, sgd_shift_max.bit_length())
+                        m.d.sync += [
+                            mn3.eq(mn + (mn << 1)),
+                            sgd_half.eq(Mux(sgd_r == 0, 0, (Const(1, 1) << (sgd_r - 1).as_unsigned()[:nb])
+                                            [:sgd_shift_max])),
+                            # the quotient bits above 2 * DIV_CYCLES are 0: their remainder is
+                            # the dividend 2**RECIP_FRAC cut to its bits above them
+                            rem.eq(1 << (RECIP_FRAC - 2 * DIV_CYCLES)), recip.eq(0), div_i.eq(0),
+                            p.eq(0),
+                        ]
+                        with m.If(dmax == 0):
+                            m.d.comb += self.done.eq(1)
+                            m.next = "IDLE"
+                        with m.Elif(maxnorm):
+                            m.next = "DIV"
+                        with m.Else():
+                            m.next = "UPD"
+            with m.State("DIV"):
+                # radix-4 restoring division of 2**RECIP_FRAC by mn, two quotient bits per
+                # cycle, the 2 * DIV_CYCLES low ones (the dividend's bits there are 0): the
+                # three trial remainders 4 * rem - q * mn (q = 1, 2, 3) in parallel, the
+                # largest q whose trial is not negative wins (rem < mn, so q <= 3)
+                m.d.comb += self.busy.eq(1)
+                trial = Cat(Const(0, 2), rem)
+                d1, d2, d3 = trial - mn, trial - (mn << 1), trial - mn3
+                ge1, ge2, ge3 = ~d1[-1], ~d2[-1], ~d3[-1]
+                rem_next = Mux(ge3, d3, Mux(ge2, d2, Mux(ge1, d1, trial)))[:len(rem)]
+                q_hi = ge2
+                q_lo = ge3 | (ge1 & ~ge2)
+                m.d.sync += [rem.eq(rem_next), recip.eq(Cat(q_lo, q_hi, recip)), div_i.eq(div_i + 1)]
+                with m.If(div_i == DIV_CYCLES - 1):
+                    m.next = "UPD"
+            with m.State("UPD"):
+                m.d.comb += [upd_pass.eq(1), self.busy.eq(1)]
+                m.d.sync += p.eq(p + 1)
+                with m.If(p == words - 1):
+                    m.next = "UPD_DRAIN"
+            with m.State("UPD_DRAIN"):
+                m.d.comb += self.busy.eq(1)
+                with m.If(~update_busy):
+                    m.d.comb += self.done.eq(1)
+                    m.next = "IDLE"
+        return m
