@@ -17,8 +17,11 @@ from dpfm.reference.mlp import POLICIES, param_layout
 
 __all__ = ["Config", "ConfigError", "DEFAULT_UPDATE_LANES", "MAX_UPDATE_LANES"]
 
-#: Parameters per cycle of the update passes when a Config leaves ``update_lanes`` open.
-DEFAULT_UPDATE_LANES = 8
+#: Parameters per cycle of the update passes when a Config leaves ``update_lanes`` open: 4.
+#: The UpdateUnit costs about 1,200 LUT per parameter of a word (Yosys estimate); at 8 the
+#: default engine came to 123 % of the XC7Z020's LUTs, at 16 the delta banks of 64-32-10
+#: alone would take about 120 of its 140 BRAM36 (docs/engine.md).
+DEFAULT_UPDATE_LANES = 4
 #: The most ``update_lanes`` a Config takes.
 MAX_UPDATE_LANES = 64
 

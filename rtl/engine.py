@@ -33,7 +33,7 @@ forward ``sum_l n_out_l * (n_in_l * (1 + k_l) + 1) + L * T_barrier``; loss/delta
 ``n_out * k + LOSS_DRAIN`` (at most ``1 + max(4, LOSS_PIPE + T - (k - 1))``); update, with
 ``W = ceil(P / M)`` and ``T_M = lane_sum_stages(M)``, ``2 * W + (1 + MAX_PIPE + T + T_M) +
 NORM_CYCLES + DIV_CYCLES + (1 + UPDATE_PIPE + T)`` (maxnorm, ``DIV_CYCLES = 10``; ``2 * W +
-23 + 10`` at the default batch and M = 8) or the same without ``DIV_CYCLES`` (sgd); see
+22 + 10`` at the default batch and M = 4) or the same without ``DIV_CYCLES`` (sgd); see
 docs/engine.md.  Bit-exact with ``MLP.step_raw(..., policy="stream")`` in the Config's
 fixed formats.
 """
@@ -242,10 +242,15 @@ class Engine(wiring.Component):
                                   else w_word_rd.data)]
         d_wr, d_rd = [], []                # one delta bank per lane; D = sum of the banks
         for s in range(B):
-            dmem = Memory(shape=unsigned(M * dbits), depth=n_words, init=[])
+            # block RAM: a few words of M * dbits bits would cost hundreds of LUTs as LUTRAM
+            # (32 deep x 6 bits per 4 LUTs), while the block RAMs are otherwise idle
+            dmem = Memory(shape=unsigned(M * dbits), depth=n_words, init=[],
+                          attrs={"ram_style": "block"})
             m.submodules[f"dmem{s}"] = dmem
             d_wr.append(dmem.write_port(granularity=dbits))
-            d_rd.append(dmem.read_port(transparent_for=(d_wr[-1],)))
+            # not transparent: the loss pass forwards its own write (below), one delta wide
+            # instead of a bypass over the whole word
+            d_rd.append(dmem.read_port(transparent_for=()))
             m.d.comb += upd.deltas[s].eq(d_rd[-1].data)
         smem_wr, smem_rd, vmem_wr, vmem_rd, rmem_wr, rmem_rd = [], [], [], [], [], []
         abits = max(1, (maxw - 1).bit_length())
@@ -569,9 +574,14 @@ class Engine(wiring.Component):
                 m.d.comb += d_rd[s].addr.eq(gi3 >> lgM)
             with m.Else():
                 m.d.comb += d_rd[s].addr.eq(upd.addr)
-            old = d_rd[s].data.word_select(gi4[:lgM], dbits) if lgM else d_rd[s].data
+            read = d_rd[s].data.word_select(gi4[:lgM], dbits) if lgM else d_rd[s].data
             acc = Signal(dshape, name=f"dacc{s}")
-            m.d.comb += acc.eq(old.as_signed() + dprod4)
+            # the delta written in the cycle of this one's read (the same index, one issue
+            # earlier) is not in the read data: take it from the register
+            fwd_hit = Signal(name=f"dfwd_hit{s}")
+            fwd_val = Signal(dshape, name=f"dfwd_val{s}")
+            m.d.sync += [fwd_hit.eq(lv4[s] & lv3[s] & (gi4 == gi3)), fwd_val.eq(acc)]
+            m.d.comb += acc.eq(Mux(fwd_hit, fwd_val, read.as_signed()) + dprod4)
             with m.If(lv4[s]):
                 m.d.comb += [d_wr[s].addr.eq(gi4 >> lgM), d_wr[s].data.eq(acc.replicate(M)),
                              d_wr[s].en.eq(Const(1, M) << gi4[:lgM] if lgM else 1)]

@@ -40,7 +40,7 @@ __all__ = ["DEVICE", "BLOCKS", "estimate", "parse_log", "yosys_script", "lint", 
 DEVICE = {"part": "xc7z020", "LUT": 53200, "FF": 106400, "DSP48E1": 220, "BRAM36": 140}
 
 #: Blocks that ``dpfm synth`` can build.
-BLOCKS = ("dual_scale", "topk", "activation", "run", "engine")
+BLOCKS = ("dual_scale", "topk", "activation", "run", "update", "engine")
 
 #: LUTs per cell for the cells that occupy LUTs (logic, shift registers, distributed RAM).
 LUT_CELLS = {
@@ -286,6 +286,9 @@ def build_block(block: str, config):
     if block == "run":
         from .run import RunSequencer
         return RunSequencer(config)
+    if block == "update":
+        from .update import UpdateUnit
+        return UpdateUnit(config)
     if block == "engine":
         from .engine import Engine
         return Engine(config)
