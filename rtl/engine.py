@@ -71,6 +71,16 @@ def _pipelined_sum(m, terms, name):
     return pipelined_sum(m, terms, name)
 
 
+def _select(word, sel, width, n):
+    """Element ``sel`` of the ``n`` elements of ``width`` bits in ``word``: each padded to a
+    power of two bits, so the selection is a plain ``n``-way multiplexer (``word_select``
+    with a signal on a width that is not a power of two builds a shifter by ``sel * width``,
+    a multiply and a carry chain in front of the multiplexer)."""
+    pw = 1 << (width - 1).bit_length()
+    padded = Cat(*[Cat(word[e * width:(e + 1) * width], Const(0, pw - width)) for e in range(n)])
+    return padded.word_select(sel, pw)[:width]
+
+
 def _or_all(terms):
     acc = terms[0]
     for t in terms[1:]:
@@ -238,7 +248,7 @@ class Engine(wiring.Component):
                 with m.If(w_rd.en):
                     m.d.sync += w_sel.eq(w_rd.addr[:lgM])
         m.d.comb += [upd.weights.eq(w_word_rd.data),
-                     w_rd.data.eq(w_word_rd.data.word_select(w_sel, wshape.width) if lgM
+                     w_rd.data.eq(_select(w_word_rd.data, w_sel, wshape.width, M) if lgM
                                   else w_word_rd.data)]
         d_wr, d_rd = [], []                # one delta bank per lane; D = sum of the banks
         for s in range(B):
@@ -574,7 +584,7 @@ class Engine(wiring.Component):
                 m.d.comb += d_rd[s].addr.eq(gi3 >> lgM)
             with m.Else():
                 m.d.comb += d_rd[s].addr.eq(upd.addr)
-            read = d_rd[s].data.word_select(gi4[:lgM], dbits) if lgM else d_rd[s].data
+            read = _select(d_rd[s].data, gi4[:lgM], dbits, M) if lgM else d_rd[s].data
             acc = Signal(dshape, name=f"dacc{s}")
             # the delta written in the cycle of this one's read (the same index, one issue
             # earlier) is not in the read data: take it from the register
@@ -582,11 +592,14 @@ class Engine(wiring.Component):
             fwd_val = Signal(dshape, name=f"dfwd_val{s}")
             m.d.sync += [fwd_hit.eq(lv4[s] & lv3[s] & (gi4 == gi3)), fwd_val.eq(acc)]
             m.d.comb += acc.eq(Mux(fwd_hit, fwd_val, read.as_signed()) + dprod4)
+            # one delta wide: the accumulated delta, or 0 for the clear; then replicated
+            wdata = Signal(dshape, name=f"dwdata{s}")
+            m.d.comb += [wdata.eq(Mux(lv4[s], acc, 0)), d_wr[s].data.eq(wdata.replicate(M))]
             with m.If(lv4[s]):
-                m.d.comb += [d_wr[s].addr.eq(gi4 >> lgM), d_wr[s].data.eq(acc.replicate(M)),
+                m.d.comb += [d_wr[s].addr.eq(gi4 >> lgM),
                              d_wr[s].en.eq(Const(1, M) << gi4[:lgM] if lgM else 1)]
             with m.Elif(clr != n_words):
-                m.d.comb += [d_wr[s].addr.eq(clr), d_wr[s].data.eq(0), d_wr[s].en.eq((1 << M) - 1)]
+                m.d.comb += [d_wr[s].addr.eq(clr), d_wr[s].en.eq((1 << M) - 1)]
 
         # ---------------------------------------------------------------- host access
         waddr = reg.addr           # word address
