@@ -17,11 +17,13 @@ from dpfm.reference.mlp import POLICIES, param_layout
 
 __all__ = ["Config", "ConfigError", "DEFAULT_UPDATE_LANES", "MAX_UPDATE_LANES"]
 
-#: Parameters per cycle of the update passes when a Config leaves ``update_lanes`` open: 4.
-#: The UpdateUnit costs about 1,200 LUT per parameter of a word (Yosys estimate); at 8 the
-#: default engine came to 123 % of the XC7Z020's LUTs, at 16 the delta banks of 64-32-10
-#: alone would take about 120 of its 140 BRAM36 (docs/engine.md).
-DEFAULT_UPDATE_LANES = 4
+#: Parameters per cycle of the update passes when a Config leaves ``update_lanes`` open: 1.
+#: The UpdateUnit costs about 1,200 LUT per parameter of a word (Yosys estimate); with the
+#: ten insertion mergers the default engine came to 94 % of the XC7Z020's LUTs and a 12.1 ns
+#: worst path at 4 (the loss pass's read-modify-write through the word's element select),
+#: 123 % at 8, and at 16 the delta banks of 64-32-10 alone would take about 120 of its 140
+#: BRAM36 (docs/engine.md).  Wider words are for a larger part or a leaner selection.
+DEFAULT_UPDATE_LANES = 1
 #: The most ``update_lanes`` a Config takes.
 MAX_UPDATE_LANES = 64
 

@@ -17,7 +17,7 @@ from amaranth.hdl import Elaboratable, Module, unsigned
 from amaranth.lib.memory import Memory
 from amaranth.sim import Simulator
 
-from dpfm.config import Config, ConfigError
+from dpfm.config import DEFAULT_UPDATE_LANES, Config, ConfigError
 from dpfm.reference.mlp import fixed_update, lr_quantize, sgd_scale
 from dpfm.rtl.regmap import UPDATE
 from dpfm.rtl.update import UpdateUnit, delta_bank_shape, update_words
@@ -175,8 +175,8 @@ def test_update_unit_matches_fixed_update(net, batch, M):
 
 
 def test_update_lanes_setting():
-    assert Config().update_lanes >= 1
-    assert Config(net=(2, 1), activations=("linear",), k=1).update_lanes == 4   # 3 parameters
+    assert Config().update_lanes == DEFAULT_UPDATE_LANES
+    assert Config(update_lanes=8).update_lanes == 8
     for bad in (0, 3, 12, 128, 2.0, True):
         with pytest.raises(ConfigError, match="update_lanes"):
             Config(update_lanes=bad)

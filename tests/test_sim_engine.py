@@ -170,9 +170,9 @@ def test_expected_stream_lengths():
 
 
 def test_cycle_formula_parts():
-    cfg = Config(k=16, batch=10)
+    cfg = Config(k=16, batch=10, update_lanes=4)
     phases = phase_cycles(cfg, update="maxnorm")
-    assert phases["MAX"] == phases["UPD"] == -(-cfg.n_params // cfg.update_lanes)
+    assert phases["MAX"] == phases["UPD"] == -(-cfg.n_params // 4) == 16
     assert phase_cycles(cfg.replace(update_lanes=1), update="maxnorm")["MAX"] == cfg.n_params
     assert "DIV" not in phase_cycles(cfg, update="sgd")
     assert set(phase_cycles(cfg, update="none")) == {"FWD", "FWD_WAIT", "LOSS", "LOSS_DRAIN", "DONE"}
