@@ -350,9 +350,8 @@ class Engine(wiring.Component):
         t_act = Array([Const(ACT_CODES[a], 2) for a in cfg.activations])
         layer = Signal(range(max(L, 2)))
         nin, nout, kin, off, act = t_nin[layer], t_nout[layer], t_kin[layer], t_off[layer], t_act[layer]
-        rd_buf = Signal()          # buffer layer l reads ((l-1) % 2)
-        wr_buf = Signal()          # buffer layer l writes (l % 2)
-        m.d.comb += [wr_buf.eq(layer[0]), rd_buf.eq(~layer[0])]
+        rd_buf = Signal()          # buffer the issuing layer l reads ((l-1) % 2); each lane
+        m.d.comb += rd_buf.eq(~layer[0])   # writes buffer l % 2 of the layer it writes back
         out_buf = (L - 1) % 2      # buffer holding the network's outputs
 
         # ---------------------------------------------------------------- lane blocks
@@ -376,12 +375,18 @@ class Engine(wiring.Component):
         j = Signal(16)             # neuron
         i = Signal(16)             # input (== nin: bias slot)
         r = Signal(16)             # 0: new entry, 1..kin: register r-1
-        fins = [Signal(16, name=f"fin{s}") for s in range(B)]   # per lane: neurons written back
-        layer_done = Signal()      # every lane has written back every neuron of the layer
+        # per lane: the layer it writes back (``wls``) and the neurons of it written back
+        # (``fins``, the address of its next output); both run ahead of or with the issue
+        fins = [Signal(range(maxw + 1), name=f"fin{s}") for s in range(B)]
+        wls = [Signal(range(L + 1), name=f"wl{s}") for s in range(B)]
+        fwd_done = Signal()        # every lane has written back every neuron of the last layer
+        dep_ok = Signal()          # every active lane has written back input i of this layer
         stall = Signal()
 
         # stage 0 -> 1 -> 2 -> 3 -> outputs (merger/activation inputs, registered)
         KIND_NEW, KIND_REG, KIND_BIAS = 0, 1, 2
+        src1 = Signal()            # stage 1 reads the sample memory (layer 0)
+        act1 = Signal(2); act2 = Signal(2); act3 = Signal(2)    # the slot's activation code
         v1 = Signal(); kind1 = Signal(2); rr1 = Signal(16); idxn1 = Signal(24); idxb1 = Signal(24)
         v2 = Signal(); kind2 = Signal(2)
         v3 = Signal(); kind3 = Signal(2)
@@ -404,7 +409,7 @@ class Engine(wiring.Component):
         for s in range(B):
             # stage 1: memory data
             a1 = Signal(vshape)
-            m.d.comb += a1.eq(Mux(layer == 0, smem_rd[s].data, vmem_rd[s].data))
+            m.d.comb += a1.eq(Mux(src1, smem_rd[s].data, vmem_rd[s].data))
             regs1 = rmem_rd[s].data.as_value()
             regs1v = reg_layout(regs1)
             # register slot rr1 of the word: an explicit K-way multiplexer (indexing the view
@@ -461,7 +466,7 @@ class Engine(wiring.Component):
                         m.d.sync += zacc.eq(zacc + prod3)
                     with m.Case(KIND_BIAS):
                         m.d.sync += [zacc.eq(0), au.i.valid.eq(1), au.i.payload.z.eq(z3),
-                                     au.i.payload.act.eq(act)]
+                                     au.i.payload.act.eq(act3)]
                         m.d.comb += lane_sat[FLAGS["sat_value"]].eq(zsat3)
                 m.d.comb += lane_sat[FLAGS["sat_grad"]].eq(Mux(kind3 == KIND_REG, prodsat3, sat3))
             # finalize: activation -> fifo; join with the merger's list into DualScale
@@ -487,9 +492,9 @@ class Engine(wiring.Component):
                 vf.r_en.eq(ds.o.valid),
             ]
             m.d.comb += [
-                vmem_wr[s].addr.eq(Cat(fins[s][:abits], wr_buf)), vmem_wr[s].data.eq(vf.r_data),
+                vmem_wr[s].addr.eq(Cat(fins[s][:abits], wls[s][0])), vmem_wr[s].data.eq(vf.r_data),
                 vmem_wr[s].en.eq(ds.o.valid),
-                rmem_wr[s].addr.eq(Cat(fins[s][:abits], wr_buf)), rmem_wr[s].data.eq(ds.o.payload.grads),
+                rmem_wr[s].addr.eq(Cat(fins[s][:abits], wls[s][0])), rmem_wr[s].data.eq(ds.o.payload.grads),
                 rmem_wr[s].en.eq(ds.o.valid),
             ]
             flag_terms.append(Mux(lane_active[s], lane_sat | ((mg.sat | ds.sat) << FLAGS["sat_grad"]), 0))
@@ -504,13 +509,23 @@ class Engine(wiring.Component):
             m.d.sync += mul_busy.eq(mul_busy + 1)
         for s in range(B):
             with m.If(scalers[s].o.valid):
-                m.d.sync += fins[s].eq(fins[s] + 1)
-        m.d.comb += layer_done.eq(Cat(f == nout for f in fins).all())
+                with m.If(fins[s] + 1 == t_nout[wls[s]]):
+                    m.d.sync += [fins[s].eq(0), wls[s].eq(wls[s] + 1)]
+                with m.Else():
+                    m.d.sync += fins[s].eq(fins[s] + 1)
+        m.d.comb += fwd_done.eq(Cat(wl == L for wl in wls).all())
+        # No layer barrier: layer l issues input i (new entry and registers) once every active
+        # lane has written back neuron i of layer l-1, i.e. has finished layer l-1 (wl >= l)
+        # or written more than i neurons of it (the write lands on the edge that counts it,
+        # so the read issued in the next cycle sees it).  Layer 0 reads the samples.
+        m.d.comb += dep_ok.eq(Cat(~lane_active[s] | (wls[s] >= layer) | (fins[s] > i)
+                                  for s in range(B)).all())
 
         # shared stage registers
         with m.If(~stall):
             m.d.sync += [
                 v1.eq(fwd_issue),
+                src1.eq(layer == 0), act1.eq(act), act2.eq(act1), act3.eq(act2),
                 kind1.eq(Mux(bias_slot, KIND_BIAS, Mux(r == 0, KIND_NEW, KIND_REG))),
                 rr1.eq(Mux(loss_issue, lr, r - 1)),
                 idxn1.eq(wbase + i),
@@ -726,32 +741,36 @@ class Engine(wiring.Component):
                                      merge_busy.eq(0), loss.eq(0), layer.eq(0), j.eq(0), i.eq(0),
                                      r.eq(0), dmax.eq(0), wbase.eq(offs[0]), clr.eq(0)]
                         m.d.sync += [f.eq(0) for f in fins]
+                        m.d.sync += [wl.eq(0) for wl in wls]
                         m.next = "FWD"
             with m.State("FWD"):
                 for s in range(B):
                     m.d.comb += smem_rd[s].addr.eq(Cat(i[:sbits], sbank))
                     m.d.comb += [vmem_rd[s].addr.eq(Cat(i[:abits], rd_buf)),
                                  rmem_rd[s].addr.eq(Cat(i[:abits], rd_buf))]
-                m.d.comb += fwd_issue.eq(1)
-                with m.If(~stall):
+                # the bias slot reads no input; the others wait for their input's write-back
+                issue_ok = bias_slot | dep_ok
+                m.d.comb += fwd_issue.eq(issue_ok)
+                with m.If(~stall & issue_ok):
                     with m.If(bias_slot):
                         m.d.sync += [i.eq(0), r.eq(0), j.eq(j + 1), wbase.eq(wbase + nin)]
                         with m.If(j + 1 == nout):
-                            m.next = "FWD_WAIT"
+                            with m.If(layer == L - 1):
+                                m.next = "FWD_WAIT"
+                            with m.Else():
+                                # the next layer issues right behind this one's last slot
+                                m.d.sync += [j.eq(0), layer.eq(layer + 1), wbase.eq(t_off[layer + 1])]
                     with m.Elif(r == kin):
                         m.d.sync += [r.eq(0), i.eq(i + 1)]
                     with m.Else():
                         m.d.sync += r.eq(r + 1)
             with m.State("FWD_WAIT"):
-                with m.If(layer_done & ((layer != L - 1) | (clr == P))):
-                    m.d.sync += [j.eq(0), i.eq(0), r.eq(0)]
-                    m.d.sync += [f.eq(0) for f in fins]
-                    with m.If(layer == L - 1):
-                        m.d.sync += [lo.eq(0), lr.eq(0)]
-                        m.next = "LOSS"
-                    with m.Else():
-                        m.d.sync += [layer.eq(layer + 1), wbase.eq(t_off[layer + 1])]
-                        m.next = "FWD"
+                # after the last layer's last issue: every lane has written back every
+                # output, and the delta banks are clear
+                with m.If(fwd_done & (clr == P)):
+                    m.d.sync += [j.eq(0), i.eq(0), r.eq(0), layer.eq(0)]
+                    m.d.sync += [lo.eq(0), lr.eq(0)]
+                    m.next = "LOSS"
             with m.State("LOSS"):
                 for s in range(B):
                     m.d.comb += [smem_rd[s].addr.eq(Cat((lo + n_in0)[:sbits], sbank)),
