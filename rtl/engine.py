@@ -21,13 +21,22 @@ One step (``CTRL.start``) runs, for the ``BATCH_N`` samples in the SAMPLES windo
    bits per cycle), then one parameter per cycle
    ``w -= upd`` exactly as :func:`dpfm.reference.mlp.fixed_update`.
 
-Each lane counts its own write-backs and a layer ends when every lane has written back
-every neuron; MERGE_BUSY counts the cycles in which any active lane's merger takes a
-candidate; FLAGS are a :class:`StickyFlags` (a flag raised in the cycle of a clear stays).
+No layer barrier: layer ``l+1`` issues right behind layer ``l``.  Each lane counts its own
+write-backs (the layer and the neuron it writes back), and a slot that reads input ``i`` of
+layer ``l >= 1`` issues once every active lane has written back neuron ``i`` of layer
+``l-1``; the loss pass waits until every lane has written back every output.  In layer 1
+(the second layer; its inputs carry disjoint index sets, nothing is summed) a block of
+register slots ends early when every active lane's merger cannot take the rest (the bound
+``U = floor(|W*g| / 2**fw + 1/2)`` of the register candidate in stage 3 is below the list's
+``k``-th magnitude, :attr:`TopKMerger.kth <dpfm.rtl.topk.TopKMerger>`).  MERGE_BUSY counts
+the cycles in which any active lane's merger takes a candidate (every issued one);
+FLAGS are a :class:`StickyFlags` (a flag raised in the cycle of a clear stays).
 
 Timing (cycles, ``k_l`` = registers of layer ``l``'s inputs, 0 for the first layer, ``T =
 lane_sum_stages(batch)``, 2 for batch 5..16):
-forward ``sum_l n_out_l * (n_in_l * (1 + k_l) + 1) + L * T_barrier``; loss/delta
+forward at most ``sum_l n_out_l * (n_in_l * (1 + k_l) + 1)`` issue cycles plus the merger's
+and the write-back's waits (data-dependent: layer 1's blocks may end early;
+:func:`dpfm.sim.engine_expect.forward_cycles` is the schedule, whole blocks its bound); loss/delta
 ``n_out * k + LOSS_DRAIN`` (at most ``1 + max(4, LOSS_PIPE + T - (k - 1))``); update
 ``2 * P + (1 + MAX_PIPE + T) + NORM_CYCLES + DIV_CYCLES + (1 + UPDATE_PIPE + T)`` (maxnorm,
 ``DIV_CYCLES = 10``; ``2 * P + 21 + 10`` at the default batch) or the same without
@@ -390,6 +399,13 @@ class Engine(wiring.Component):
         v1 = Signal(); kind1 = Signal(2); rr1 = Signal(16); idxn1 = Signal(24); idxb1 = Signal(24)
         v2 = Signal(); kind2 = Signal(2)
         v3 = Signal(); kind3 = Signal(2)
+        # early block end (layer 1): the slot is a register slot of layer 1 (``sk``) and
+        # ``rn`` = its r + ISSUE_DEPTH - 1, the FSM's r when it reaches stage 3 in the block
+        rn_shape = range(K + ISSUE_DEPTH)
+        sk1 = Signal(); sk2 = Signal(); sk3 = Signal()
+        rn1 = Signal(rn_shape); rn2 = Signal(rn_shape); rn3 = Signal(rn_shape)
+        lane_reject = Signal(B)    # per lane: stage 3's register candidate cannot enter
+        block_end = Signal()       # every active lane rejects it: end the block
         fwd_issue = Signal()
         loss_issue = Signal()
         lo = Signal(16); lr = Signal(16)
@@ -445,6 +461,23 @@ class Engine(wiring.Component):
                     sat3.eq((kind2 == KIND_NEW) & newsat2 | (kind2 == KIND_BIAS) & (fm.grad.one > fm.grad.max_int)),
                 ]
             prodv3, prodsat3 = round_shift_saturate(prod3, fw, fm.grad)
+            # U = floor(|W*g| / 2**fw + 1/2), not saturated, bounds |sat(rnd(W*g))| for either
+            # sign (rnd rounds ties toward +inf: |rnd(p)| = U for p >= 0, U or U - 1 for p < 0).
+            # |p| + 2**(fw-1) = (p ^ sign) + sign + 2**(fw-1): one adder, the sign its low
+            # bit.  A product that saturates has U >= 2**(bits-1) >= kth: never rejected.
+            p_neg = prod3[-1]
+            ones = Signal(len(prod3), name=f"ones3_{s}")
+            m.d.comb += ones.eq(prod3.as_unsigned() ^ p_neg.replicate(len(prod3)))
+            half = (1 << (fw - 1)) if fw else 0
+            bump = Cat(p_neg, Const(half >> 1, fw - 1)) if fw >= 2 else p_neg + half
+            u_full = Signal(len(prod3) + 1, name=f"u_full3_{s}")
+            m.d.comb += u_full.eq(ones + bump)
+            mg_ = mergers[s]
+            # the merger's k-th magnitude belongs to this neuron's list unless a `last` sits
+            # between stage 3 and its cells: in its input register (checked here) or in its
+            # lookup / sum stages (kth reads 0 then)
+            m.d.comb += lane_reject[s].eq(((u_full >> fw) < mg_.kth)
+                                          & ~(mg_.i.valid & mg_.i.payload.last))
             zfull = zacc + (b3 << fv)
             z3, zsat3 = saturate(round_shift(zfull, fw), fm.value)
             mg, au = mergers[s], acts[s]
@@ -502,6 +535,7 @@ class Engine(wiring.Component):
         m.d.comb += stall.eq(Cat((mg.i.valid & ~mg.i.ready) | (au.i.valid & ~au.i.ready)
                                  for mg, au in zip(mergers, acts)).any())
         # MERGE_BUSY: cycles in which the merger of at least one active lane takes a candidate
+        m.d.comb += block_end.eq(v3 & sk3 & (rn3 == r) & (lane_reject | ~lane_active).all())
         merge_take = Cat(mg.i.valid & mg.i.ready for mg in mergers)
         with m.If((merge_take & lane_active).any()):
             m.d.sync += merge_busy.eq(merge_busy + 1)
@@ -528,6 +562,8 @@ class Engine(wiring.Component):
                 src1.eq(layer == 0), act1.eq(act), act2.eq(act1), act3.eq(act2),
                 kind1.eq(Mux(bias_slot, KIND_BIAS, Mux(r == 0, KIND_NEW, KIND_REG))),
                 rr1.eq(Mux(loss_issue, lr, r - 1)),
+                sk1.eq(fwd_issue & (layer == 1) & ~bias_slot & (r != 0)) if L >= 2 else sk1.eq(0),
+                rn1.eq(r + (ISSUE_DEPTH - 1)), sk2.eq(sk1), rn2.eq(rn1), sk3.eq(sk2), rn3.eq(rn2),
                 idxn1.eq(wbase + i),
                 idxb1.eq(t_boff[layer] + j),
                 v2.eq(v1), kind2.eq(kind1),
@@ -760,7 +796,10 @@ class Engine(wiring.Component):
                             with m.Else():
                                 # the next layer issues right behind this one's last slot
                                 m.d.sync += [j.eq(0), layer.eq(layer + 1), wbase.eq(t_off[layer + 1])]
-                    with m.Elif(r == kin):
+                    with m.Elif((r == kin) | block_end):
+                        # the block's last register slot, or every active lane rejects
+                        # the register candidate issued ISSUE_DEPTH - 1 slots ago in this
+                        # block (layer 1): the rest of the block cannot enter either
                         m.d.sync += [r.eq(0), i.eq(i + 1)]
                     with m.Else():
                         m.d.sync += r.eq(r + 1)

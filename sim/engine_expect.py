@@ -41,7 +41,7 @@ from dpfm.rtl.regmap import FLAGS
 __all__ = [
     "CONFIG_ENV", "FSM_ENV", "STREAMS", "StepCase", "step_case", "sample_batch",
     "expected_streams", "expected_flags", "step_counts", "phase_cycles", "step_cycles",
-    "loss_drain_cycles", "loss_drain_bound", "forward_slots", "forward_cycles", "merger_latency", "dual_scale_ii", "candidates_per_list",
+    "loss_drain_cycles", "loss_drain_bound", "forward_slots", "forward_cycles", "check_candidates", "merger_latency", "dual_scale_ii", "candidates_per_list",
     "stream_layouts", "unpack", "normalise_payload", "payload_matches", "config_from_env",
 ]
 
@@ -204,13 +204,108 @@ def expected_flags(case: StepCase) -> int:
     return bits
 
 
+def check_candidates(case: StepCase, got: list, want: list) -> tuple[list, dict]:
+    """Check lane 0's observed merger input ``got`` (payload dicts) against the full
+    reference stream ``want`` (:func:`expected_streams`' ``cand``) with some block tails
+    dropped.
+
+    The engine ends a block of layer 1 (input ``i``'s register slots) early when no active
+    lane's list can take its rest, so the observed stream is the expected one with, per
+    block of layer 1, the register slots after some ``m`` dropped; in every other layer the
+    streams are equal.  Every dropped candidate must be one the reference's
+    :func:`~dpfm.reference.kernels.topk_insert` rejects, inserted into the lane's list as the
+    observed candidates before it left it (which, by induction, is the reference's list at
+    that point), and must not be a product the reference saturated (``|v|`` below the
+    gradient format's largest magnitude).  Where several ``m`` fit, the largest is taken.
+
+    Returns ``(problems, lengths)``: the problems found (empty when it all holds) and the
+    register slots issued per block of layer 1, ``{(list, i): m}``, for :func:`phase_cycles`.
+    """
+    from dpfm.reference.kernels import topk_insert
+    cfg = case.config
+    fmt = cfg.formats.grad
+    K = cfg.k
+    slots = forward_slots(cfg)
+    problems, lengths = [], {}
+    if len(slots) != len(want):
+        return [f"cand: {len(want)} expected candidates but {len(slots)} slots"], lengths
+    L_idx = np.full(K, -1, np.int64)
+    L_val = np.zeros(K, np.int64)
+    state = {"n": 0}
+
+    def insert(c):
+        if c["val"] != 0:
+            state["n"], _ = topk_insert(L_idx, L_val, state["n"], K, c.get("idx", -1), c["val"],
+                                        fmt.min_int, fmt.max_int)
+        if c["last"]:
+            L_idx[:] = -1
+            L_val[:] = 0
+            state["n"] = 0
+
+    def rejected(c):
+        if c["val"] == 0:
+            return True
+        if abs(c["val"]) >= fmt.max_int:
+            return False
+        li, lv = L_idx.copy(), L_val.copy()
+        n, sat = topk_insert(li, lv, state["n"], K, c["idx"], c["val"], fmt.min_int, fmt.max_int)
+        return n == state["n"] and sat == 0 and np.array_equal(li, L_idx) and np.array_equal(lv, L_val)
+
+    g = s = 0
+    while s < len(slots):
+        lst, last, _, layer, i, r = slots[s]
+        if layer == 1 and r == 0 and not last:
+            k_in = cfg.registers(0)
+            if g >= len(got) or not payload_matches(got[g], want[s]):
+                problems.append(f"cand: observed {g} ({got[g] if g < len(got) else 'none'}) is "
+                                f"not the new entry {want[s]} of list {lst} input {i}")
+                break
+            # the largest m whose registers match and after which the next slot follows
+            m_fit = None
+            for m in range(k_in, -1, -1):
+                ok = all(g + 1 + t < len(got) and payload_matches(got[g + 1 + t], want[s + 1 + t])
+                         for t in range(m))
+                nxt = s + 1 + k_in
+                if ok and (nxt >= len(want) or
+                           (g + 1 + m < len(got) and payload_matches(got[g + 1 + m], want[nxt]))):
+                    m_fit = m
+                    break
+            if m_fit is None:
+                problems.append(f"cand: list {lst} input {i} (observed from {g}) matches no "
+                                f"block of the reference with a tail dropped")
+                break
+            for t in range(1 + m_fit):
+                insert(got[g + t])
+            for t in range(1 + m_fit, 1 + k_in):
+                if not rejected(want[s + t]):
+                    problems.append(f"cand: list {lst} input {i}: dropped register slot {t} "
+                                    f"{want[s + t]} would change the list {list(zip(L_idx, L_val))}")
+                    break
+            lengths[(lst, i)] = m_fit
+            g += 1 + m_fit
+            s += 1 + k_in
+            if problems:
+                break
+            continue
+        if g >= len(got) or not payload_matches(got[g], want[s]):
+            problems.append(f"cand: observed {g} ({got[g] if g < len(got) else 'none'}), the "
+                            f"reference says {want[s]} (list {lst}, layer {layer}, input {i}, slot {r})")
+            break
+        insert(got[g])
+        g += 1
+        s += 1
+    if not problems and g != len(got):
+        problems.append(f"cand: {len(got) - g} observed candidates left over")
+    return problems, lengths
+
+
 def candidates_per_list(config: Config, layer: int) -> int:
     """Candidates of one neuron of ``layer``: ``n_in * (1 + k_in) + 1``."""
     k_in = 0 if layer == 0 else config.registers(layer - 1)
     return config.net[layer] * (1 + k_in) + 1
 
 
-def step_counts(case: StepCase) -> dict:
+def step_counts(case: StepCase, candidates: int | None = None) -> dict:
     """MERGE_BUSY and MUL_BUSY of the step, from the structure and the reference.
 
     ``MERGE_BUSY`` counts the cycles in which an active lane's merger takes a candidate; the
@@ -219,9 +314,16 @@ def step_counts(case: StepCase) -> dict:
     multipliers work: every non-bias candidate of the forward pass, plus, in the loss pass
     (all lanes at once, one (output, register slot) per cycle), each slot where some active
     sample holds a non-empty register (none when the update is ``none``, which skips the delta).
+
+    The engine ends blocks of layer 1 early (see :func:`check_candidates`), so the counts are
+    upper bounds; with ``candidates`` (the candidates the merger took, as a monitor saw them)
+    they are exact: ``MERGE_BUSY = candidates`` and ``MUL_BUSY = candidates - biases +``
+    the loss pass's products.
     """
     cfg = case.config
     cands = sum(cfg.net[l + 1] * candidates_per_list(cfg, l) for l in range(cfg.n_layers))
+    if candidates is not None:
+        cands = candidates
     biases = sum(cfg.net[1:])
     delta_products = 0
     if case.update != "none":
@@ -246,13 +348,15 @@ def merger_latency(config: Config) -> int:
 
 
 def forward_slots(config: Config, lengths=None) -> list:
-    """The forward pass's issue slots in order, one ``(list, last, dep)`` per slot.
+    """The forward pass's issue slots in order, one ``(list, last, dep, layer, i, r)`` per slot.
 
     ``list`` numbers the neurons of every layer in issue order (the merger's lists), ``last``
     marks the bias slot that closes one, and ``dep`` is the list whose write-back the slot
     waits for (the neuron of the layer before that is the slot's input ``i``; None in
-    layer 0 and for the bias).  ``lengths`` (optional) gives per list the register slots
-    issued per input (``{(list, i): issued}``, default all ``k_in``): a shortened block.
+    layer 0 and for the bias); ``r`` is 0 for the new entry (and the bias, ``i = n_in``) and
+    ``1 .. k_in`` for the register slots.  ``lengths`` (optional) gives the register slots
+    issued per block (``{(list, i): issued}``, default all ``k_in``): the blocks of layer 1
+    the engine ended early.
     """
     slots = []
     n = 0
@@ -265,9 +369,9 @@ def forward_slots(config: Config, lengths=None) -> list:
             for i in range(n_in):
                 dep = None if l == 0 else first_prev + i
                 regs = k_in if lengths is None else lengths.get((n, i), k_in)
-                slots.append((n, False, dep))
-                slots.extend((n, False, None) for _ in range(regs))
-            slots.append((n, True, None))
+                slots.append((n, False, dep, l, i, 0))
+                slots.extend((n, False, None, l, i, r) for r in range(1, regs + 1))
+            slots.append((n, True, None, l, n_in, 0))
             n += 1
         first_prev = first
     return slots
@@ -379,7 +483,7 @@ def loss_drain_cycles(case: StepCase) -> int:
 
 
 def phase_cycles(config: Config, *, update: str = "maxnorm", loss_drain: int | None = None,
-                 delta_zero: bool = False) -> dict:
+                 delta_zero: bool = False, lengths: dict | None = None) -> dict:
     """Cycles per FSM state of one step, as derived in docs/engine.md.
 
     Parameters
@@ -390,6 +494,9 @@ def phase_cycles(config: Config, *, update: str = "maxnorm", loss_drain: int | N
         :func:`loss_drain_bound`).
     delta_zero : bool
         Every delta is 0: the step ends after NORM without an update pass.
+    lengths : dict
+        The register slots issued per block of layer 1 (:func:`check_candidates`); by default
+        every block whole, which gives the upper bound of FWD and of FWD + FWD_WAIT.
 
     Returns
     -------
@@ -400,7 +507,7 @@ def phase_cycles(config: Config, *, update: str = "maxnorm", loss_drain: int | N
     T = lane_sum_stages(B)
     if loss_drain is None:
         loss_drain = loss_drain_bound(config)
-    fwd, wait = forward_cycles(config)
+    fwd, wait = forward_cycles(config, lengths)
     phases = {"FWD": fwd, "FWD_WAIT": wait, "LOSS": config.n_out * K, "LOSS_DRAIN": loss_drain}
     if update != "none":
         # MAX_DRAIN: the MAX pipeline (T stages of the sum over the banks) empties
