@@ -400,11 +400,13 @@ class Engine(wiring.Component):
         v2 = Signal(); kind2 = Signal(2)
         v3 = Signal(); kind3 = Signal(2)
         # early block end (layer 1): the slot is a register slot of layer 1 (``sk``) and
-        # ``rn`` = its r + ISSUE_DEPTH - 1, the FSM's r when it reaches stage 3 in the block
-        rn_shape = range(K + ISSUE_DEPTH)
-        sk1 = Signal(); sk2 = Signal(); sk3 = Signal()
-        rn1 = Signal(rn_shape); rn2 = Signal(rn_shape); rn3 = Signal(rn_shape)
+        # ``rn`` = its r + ISSUE_DEPTH, the FSM's r when its rejection (formed in stage 3,
+        # registered with the merger's input) is known, if it is still in the block
+        rn_shape = range(K + ISSUE_DEPTH + 1)
+        sk1 = Signal(); sk2 = Signal(); sk3 = Signal(); sk4 = Signal()
+        rn1 = Signal(rn_shape); rn2 = Signal(rn_shape); rn3 = Signal(rn_shape); rn4 = Signal(rn_shape)
         lane_reject = Signal(B)    # per lane: stage 3's register candidate cannot enter
+        reject4 = Signal(B)        # ... registered (the slot at the merger's input)
         block_end = Signal()       # every active lane rejects it: end the block
         fwd_issue = Signal()
         loss_issue = Signal()
@@ -535,7 +537,7 @@ class Engine(wiring.Component):
         m.d.comb += stall.eq(Cat((mg.i.valid & ~mg.i.ready) | (au.i.valid & ~au.i.ready)
                                  for mg, au in zip(mergers, acts)).any())
         # MERGE_BUSY: cycles in which the merger of at least one active lane takes a candidate
-        m.d.comb += block_end.eq(v3 & sk3 & (rn3 == r) & (lane_reject | ~lane_active).all())
+        m.d.comb += block_end.eq(sk4 & (rn4 == r) & (reject4 | ~lane_active).all())
         merge_take = Cat(mg.i.valid & mg.i.ready for mg in mergers)
         with m.If((merge_take & lane_active).any()):
             m.d.sync += merge_busy.eq(merge_busy + 1)
@@ -563,7 +565,8 @@ class Engine(wiring.Component):
                 kind1.eq(Mux(bias_slot, KIND_BIAS, Mux(r == 0, KIND_NEW, KIND_REG))),
                 rr1.eq(Mux(loss_issue, lr, r - 1)),
                 sk1.eq(fwd_issue & (layer == 1) & ~bias_slot & (r != 0)) if L >= 2 else sk1.eq(0),
-                rn1.eq(r + (ISSUE_DEPTH - 1)), sk2.eq(sk1), rn2.eq(rn1), sk3.eq(sk2), rn3.eq(rn2),
+                rn1.eq(r + ISSUE_DEPTH), sk2.eq(sk1), rn2.eq(rn1), sk3.eq(sk2), rn3.eq(rn2),
+                sk4.eq(v3 & sk3), rn4.eq(rn3), reject4.eq(lane_reject),
                 idxn1.eq(wbase + i),
                 idxb1.eq(t_boff[layer] + j),
                 v2.eq(v1), kind2.eq(kind1),
@@ -798,7 +801,7 @@ class Engine(wiring.Component):
                                 m.d.sync += [j.eq(0), layer.eq(layer + 1), wbase.eq(t_off[layer + 1])]
                     with m.Elif((r == kin) | block_end):
                         # the block's last register slot, or every active lane rejects
-                        # the register candidate issued ISSUE_DEPTH - 1 slots ago in this
+                        # the register candidate issued ISSUE_DEPTH slots ago in this
                         # block (layer 1): the rest of the block cannot enter either
                         m.d.sync += [r.eq(0), i.eq(i + 1)]
                     with m.Else():
