@@ -23,17 +23,26 @@ One step (``CTRL.start``) runs, for the ``BATCH_N`` samples in the SAMPLES windo
    config.update_lanes`` parameters per cycle in both passes.  W and the delta banks hold
    words of ``M`` parameters; the forward pass reads one weight of a word.
 
-Each lane counts its own write-backs and a layer ends when every lane has written back
-every neuron; MERGE_BUSY counts the cycles in which any active lane's merger takes a
-candidate; FLAGS are a :class:`StickyFlags` (a flag raised in the cycle of a clear stays).
+No layer barrier: layer ``l+1`` issues right behind layer ``l``.  Each lane counts its own
+write-backs (the layer and the neuron it writes back), and a slot that reads input ``i`` of
+layer ``l >= 1`` issues once every active lane has written back neuron ``i`` of layer
+``l-1``; the loss pass waits until every lane has written back every output.  In layer 1
+(the second layer; its inputs carry disjoint index sets, nothing is summed) a block of
+register slots ends early when every active lane's merger cannot take the rest (the bound
+``U = floor(|W*g| / 2**fw + 1/2)`` of the register candidate in stage 3 is below the list's
+``k``-th magnitude, :attr:`TopKMerger.kth <dpfm.rtl.topk.TopKMerger>`).  MERGE_BUSY counts
+the cycles in which any active lane's merger takes a candidate (every issued one);
+FLAGS are a :class:`StickyFlags` (a flag raised in the cycle of a clear stays).
 
 Timing (cycles, ``k_l`` = registers of layer ``l``'s inputs, 0 for the first layer, ``T =
 lane_sum_stages(batch)``, 2 for batch 5..16):
-forward ``sum_l n_out_l * (n_in_l * (1 + k_l) + 1) + L * T_barrier``; loss/delta
+forward at most ``sum_l n_out_l * (n_in_l * (1 + k_l) + 1)`` issue cycles plus the merger's
+and the write-back's waits (data-dependent: layer 1's blocks may end early;
+:func:`dpfm.sim.engine_expect.forward_cycles` is the schedule, whole blocks its bound); loss/delta
 ``n_out * k + LOSS_DRAIN`` (at most ``1 + max(4, LOSS_PIPE + T - (k - 1))``); update, with
 ``W = ceil(P / M)`` and ``T_M = lane_sum_stages(M)``, ``2 * W + (1 + MAX_PIPE + T + T_M) +
-NORM_CYCLES + DIV_CYCLES + (1 + UPDATE_PIPE + T)`` (maxnorm, ``DIV_CYCLES = 10``; ``2 * W +
-22 + 10`` at the default batch and M = 4) or the same without ``DIV_CYCLES`` (sgd); see
+NORM_CYCLES + DIV_CYCLES + (1 + UPDATE_PIPE + T)`` (maxnorm, ``DIV_CYCLES = 10``; ``2 * P +
+21 + 10`` at the default batch and M = 1) or the same without ``DIV_CYCLES`` (sgd); see
 docs/engine.md.  Bit-exact with ``MLP.step_raw(..., policy="stream")`` in the Config's
 fixed formats.
 """
@@ -349,9 +358,8 @@ class Engine(wiring.Component):
         t_act = Array([Const(ACT_CODES[a], 2) for a in cfg.activations])
         layer = Signal(range(max(L, 2)))
         nin, nout, kin, off, act = t_nin[layer], t_nout[layer], t_kin[layer], t_off[layer], t_act[layer]
-        rd_buf = Signal()          # buffer layer l reads ((l-1) % 2)
-        wr_buf = Signal()          # buffer layer l writes (l % 2)
-        m.d.comb += [wr_buf.eq(layer[0]), rd_buf.eq(~layer[0])]
+        rd_buf = Signal()          # buffer the issuing layer l reads ((l-1) % 2); each lane
+        m.d.comb += rd_buf.eq(~layer[0])   # writes buffer l % 2 of the layer it writes back
         out_buf = (L - 1) % 2      # buffer holding the network's outputs
 
         # ---------------------------------------------------------------- lane blocks
@@ -375,15 +383,30 @@ class Engine(wiring.Component):
         j = Signal(16)             # neuron
         i = Signal(16)             # input (== nin: bias slot)
         r = Signal(16)             # 0: new entry, 1..kin: register r-1
-        fins = [Signal(16, name=f"fin{s}") for s in range(B)]   # per lane: neurons written back
-        layer_done = Signal()      # every lane has written back every neuron of the layer
+        # per lane: the layer it writes back (``wls``) and the neurons of it written back
+        # (``fins``, the address of its next output); both run ahead of or with the issue
+        fins = [Signal(range(maxw + 1), name=f"fin{s}") for s in range(B)]
+        wls = [Signal(range(L + 1), name=f"wl{s}") for s in range(B)]
+        fwd_done = Signal()        # every lane has written back every neuron of the last layer
+        dep_ok = Signal()          # every active lane has written back input i of this layer
         stall = Signal()
 
         # stage 0 -> 1 -> 2 -> 3 -> outputs (merger/activation inputs, registered)
         KIND_NEW, KIND_REG, KIND_BIAS = 0, 1, 2
+        src1 = Signal()            # stage 1 reads the sample memory (layer 0)
+        act1 = Signal(2); act2 = Signal(2); act3 = Signal(2)    # the slot's activation code
         v1 = Signal(); kind1 = Signal(2); rr1 = Signal(16); idxn1 = Signal(24); idxb1 = Signal(24)
         v2 = Signal(); kind2 = Signal(2)
         v3 = Signal(); kind3 = Signal(2)
+        # early block end (layer 1): the slot is a register slot of layer 1 (``sk``) and
+        # ``rn`` = its r + ISSUE_DEPTH, the FSM's r when its rejection (formed in stage 3,
+        # registered with the merger's input) is known, if it is still in the block
+        rn_shape = range(K + ISSUE_DEPTH + 1)
+        sk1 = Signal(); sk2 = Signal(); sk3 = Signal(); sk4 = Signal()
+        rn1 = Signal(rn_shape); rn2 = Signal(rn_shape); rn3 = Signal(rn_shape); rn4 = Signal(rn_shape)
+        lane_reject = Signal(B)    # per lane: stage 3's register candidate cannot enter
+        reject4 = Signal(B)        # ... registered (the slot at the merger's input)
+        block_end = Signal()       # every active lane rejects it: end the block
         fwd_issue = Signal()
         loss_issue = Signal()
         lo = Signal(16); lr = Signal(16)
@@ -403,7 +426,7 @@ class Engine(wiring.Component):
         for s in range(B):
             # stage 1: memory data
             a1 = Signal(vshape)
-            m.d.comb += a1.eq(Mux(layer == 0, smem_rd[s].data, vmem_rd[s].data))
+            m.d.comb += a1.eq(Mux(src1, smem_rd[s].data, vmem_rd[s].data))
             regs1 = rmem_rd[s].data.as_value()
             regs1v = reg_layout(regs1)
             # register slot rr1 of the word: an explicit K-way multiplexer (indexing the view
@@ -439,6 +462,23 @@ class Engine(wiring.Component):
                     sat3.eq((kind2 == KIND_NEW) & newsat2 | (kind2 == KIND_BIAS) & (fm.grad.one > fm.grad.max_int)),
                 ]
             prodv3, prodsat3 = round_shift_saturate(prod3, fw, fm.grad)
+            # U = floor(|W*g| / 2**fw + 1/2), not saturated, bounds |sat(rnd(W*g))| for either
+            # sign (rnd rounds ties toward +inf: |rnd(p)| = U for p >= 0, U or U - 1 for p < 0).
+            # |p| + 2**(fw-1) = (p ^ sign) + sign + 2**(fw-1): one adder, the sign its low
+            # bit.  A product that saturates has U >= 2**(bits-1) >= kth: never rejected.
+            p_neg = prod3[-1]
+            ones = Signal(len(prod3), name=f"ones3_{s}")
+            m.d.comb += ones.eq(prod3.as_unsigned() ^ p_neg.replicate(len(prod3)))
+            half = (1 << (fw - 1)) if fw else 0
+            bump = Cat(p_neg, Const(half >> 1, fw - 1)) if fw >= 2 else p_neg + half
+            u_full = Signal(len(prod3) + 1, name=f"u_full3_{s}")
+            m.d.comb += u_full.eq(ones + bump)
+            mg_ = mergers[s]
+            # the merger's k-th magnitude belongs to this neuron's list unless a `last` sits
+            # between stage 3 and its cells: in its input register (checked here) or in its
+            # lookup / sum stages (kth reads 0 then)
+            m.d.comb += lane_reject[s].eq(((u_full >> fw) < mg_.kth)
+                                          & ~(mg_.i.valid & mg_.i.payload.last))
             zfull = zacc + (b3 << fv)
             z3, zsat3 = saturate(round_shift(zfull, fw), fm.value)
             mg, au = mergers[s], acts[s]
@@ -460,7 +500,7 @@ class Engine(wiring.Component):
                         m.d.sync += zacc.eq(zacc + prod3)
                     with m.Case(KIND_BIAS):
                         m.d.sync += [zacc.eq(0), au.i.valid.eq(1), au.i.payload.z.eq(z3),
-                                     au.i.payload.act.eq(act)]
+                                     au.i.payload.act.eq(act3)]
                         m.d.comb += lane_sat[FLAGS["sat_value"]].eq(zsat3)
                 m.d.comb += lane_sat[FLAGS["sat_grad"]].eq(Mux(kind3 == KIND_REG, prodsat3, sat3))
             # finalize: activation -> fifo; join with the merger's list into DualScale
@@ -486,9 +526,9 @@ class Engine(wiring.Component):
                 vf.r_en.eq(ds.o.valid),
             ]
             m.d.comb += [
-                vmem_wr[s].addr.eq(Cat(fins[s][:abits], wr_buf)), vmem_wr[s].data.eq(vf.r_data),
+                vmem_wr[s].addr.eq(Cat(fins[s][:abits], wls[s][0])), vmem_wr[s].data.eq(vf.r_data),
                 vmem_wr[s].en.eq(ds.o.valid),
-                rmem_wr[s].addr.eq(Cat(fins[s][:abits], wr_buf)), rmem_wr[s].data.eq(ds.o.payload.grads),
+                rmem_wr[s].addr.eq(Cat(fins[s][:abits], wls[s][0])), rmem_wr[s].data.eq(ds.o.payload.grads),
                 rmem_wr[s].en.eq(ds.o.valid),
             ]
             flag_terms.append(Mux(lane_active[s], lane_sat | ((mg.sat | ds.sat) << FLAGS["sat_grad"]), 0))
@@ -496,6 +536,7 @@ class Engine(wiring.Component):
         m.d.comb += stall.eq(Cat((mg.i.valid & ~mg.i.ready) | (au.i.valid & ~au.i.ready)
                                  for mg, au in zip(mergers, acts)).any())
         # MERGE_BUSY: cycles in which the merger of at least one active lane takes a candidate
+        m.d.comb += block_end.eq(sk4 & (rn4 == r) & (reject4 | ~lane_active).all())
         merge_take = Cat(mg.i.valid & mg.i.ready for mg in mergers)
         with m.If((merge_take & lane_active).any()):
             m.d.sync += merge_busy.eq(merge_busy + 1)
@@ -503,15 +544,28 @@ class Engine(wiring.Component):
             m.d.sync += mul_busy.eq(mul_busy + 1)
         for s in range(B):
             with m.If(scalers[s].o.valid):
-                m.d.sync += fins[s].eq(fins[s] + 1)
-        m.d.comb += layer_done.eq(Cat(f == nout for f in fins).all())
+                with m.If(fins[s] + 1 == t_nout[wls[s]]):
+                    m.d.sync += [fins[s].eq(0), wls[s].eq(wls[s] + 1)]
+                with m.Else():
+                    m.d.sync += fins[s].eq(fins[s] + 1)
+        m.d.comb += fwd_done.eq(Cat(wl == L for wl in wls).all())
+        # No layer barrier: layer l issues input i (new entry and registers) once every active
+        # lane has written back neuron i of layer l-1, i.e. has finished layer l-1 (wl >= l)
+        # or written more than i neurons of it (the write lands on the edge that counts it,
+        # so the read issued in the next cycle sees it).  Layer 0 reads the samples.
+        m.d.comb += dep_ok.eq(Cat(~lane_active[s] | (wls[s] >= layer) | (fins[s] > i)
+                                  for s in range(B)).all())
 
         # shared stage registers
         with m.If(~stall):
             m.d.sync += [
                 v1.eq(fwd_issue),
+                src1.eq(layer == 0), act1.eq(act), act2.eq(act1), act3.eq(act2),
                 kind1.eq(Mux(bias_slot, KIND_BIAS, Mux(r == 0, KIND_NEW, KIND_REG))),
                 rr1.eq(Mux(loss_issue, lr, r - 1)),
+                sk1.eq(fwd_issue & (layer == 1) & ~bias_slot & (r != 0)) if L >= 2 else sk1.eq(0),
+                rn1.eq(r + ISSUE_DEPTH), sk2.eq(sk1), rn2.eq(rn1), sk3.eq(sk2), rn3.eq(rn2),
+                sk4.eq(v3 & sk3), rn4.eq(rn3), reject4.eq(lane_reject),
                 idxn1.eq(wbase + i),
                 idxb1.eq(t_boff[layer] + j),
                 v2.eq(v1), kind2.eq(kind1),
@@ -655,32 +709,39 @@ class Engine(wiring.Component):
                                      merge_busy.eq(0), loss.eq(0), layer.eq(0), j.eq(0), i.eq(0),
                                      r.eq(0), wbase.eq(offs[0]), clr.eq(0)]
                         m.d.sync += [f.eq(0) for f in fins]
+                        m.d.sync += [wl.eq(0) for wl in wls]
                         m.next = "FWD"
             with m.State("FWD"):
                 for s in range(B):
                     m.d.comb += smem_rd[s].addr.eq(Cat(i[:sbits], sbank))
                     m.d.comb += [vmem_rd[s].addr.eq(Cat(i[:abits], rd_buf)),
                                  rmem_rd[s].addr.eq(Cat(i[:abits], rd_buf))]
-                m.d.comb += fwd_issue.eq(1)
-                with m.If(~stall):
+                # the bias slot reads no input; the others wait for their input's write-back
+                issue_ok = bias_slot | dep_ok
+                m.d.comb += fwd_issue.eq(issue_ok)
+                with m.If(~stall & issue_ok):
                     with m.If(bias_slot):
                         m.d.sync += [i.eq(0), r.eq(0), j.eq(j + 1), wbase.eq(wbase + nin)]
                         with m.If(j + 1 == nout):
-                            m.next = "FWD_WAIT"
-                    with m.Elif(r == kin):
+                            with m.If(layer == L - 1):
+                                m.next = "FWD_WAIT"
+                            with m.Else():
+                                # the next layer issues right behind this one's last slot
+                                m.d.sync += [j.eq(0), layer.eq(layer + 1), wbase.eq(t_off[layer + 1])]
+                    with m.Elif((r == kin) | block_end):
+                        # the block's last register slot, or every active lane rejects
+                        # the register candidate issued ISSUE_DEPTH slots ago in this
+                        # block (layer 1): the rest of the block cannot enter either
                         m.d.sync += [r.eq(0), i.eq(i + 1)]
                     with m.Else():
                         m.d.sync += r.eq(r + 1)
             with m.State("FWD_WAIT"):
-                with m.If(layer_done & ((layer != L - 1) | (clr == n_words))):
-                    m.d.sync += [j.eq(0), i.eq(0), r.eq(0)]
-                    m.d.sync += [f.eq(0) for f in fins]
-                    with m.If(layer == L - 1):
-                        m.d.sync += [lo.eq(0), lr.eq(0)]
-                        m.next = "LOSS"
-                    with m.Else():
-                        m.d.sync += [layer.eq(layer + 1), wbase.eq(t_off[layer + 1])]
-                        m.next = "FWD"
+                # after the last layer's last issue: every lane has written back every
+                # output, and the delta banks are clear
+                with m.If(fwd_done & (clr == n_words)):
+                    m.d.sync += [j.eq(0), i.eq(0), r.eq(0), layer.eq(0)]
+                    m.d.sync += [lo.eq(0), lr.eq(0)]
+                    m.next = "LOSS"
             with m.State("LOSS"):
                 for s in range(B):
                     m.d.comb += [smem_rd[s].addr.eq(Cat((lo + n_in0)[:sbits], sbank)),

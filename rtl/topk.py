@@ -98,6 +98,15 @@ class TopKMerger(wiring.Component):
         High for one cycle for each candidate whose addition to a held entry saturated (2
         cycles after that candidate's handshake): one pulse per saturation the reference
         counts.
+    kth : ``Out(bits)``
+        The magnitude of the working list's ``k``-th entry: 0 while the list holds fewer
+        than ``k`` entries, and 0 while a ``last`` candidate is in the lookup or sum stage
+        (the cells are then about to close the list).  A function of registers (one LUT).
+        It lags the candidates taken by the pipeline: the cells hold the list as left by
+        every candidate taken at least 3 cycles ago.  A candidate whose magnitude is below
+        it cannot enter a list that only grows (no index repeated: nothing is summed, so
+        the ``k``-th magnitude never decreases while the list stays open); the engine uses
+        it to end blocks of such candidates early.
 
     Raises
     ------
@@ -197,6 +206,7 @@ class TopKMerger(wiring.Component):
             "i": In(stream.Signature(candidate_layout(config))),
             "o": Out(stream.Signature(registers_layout(config))),
             "sat": Out(1),
+            "kth": Out(config.formats.grad.bits),
         })
 
     @property
@@ -414,6 +424,7 @@ class TopKMerger(wiring.Component):
         with m.Elif(self.o.ready):
             m.d.sync += self.o.valid.eq(0)
         m.d.sync += self.sat.eq(advance & lk.nonzero & s_over)
+        m.d.comb += self.kth.eq(Mux((lk.valid & lk.last) | clear, 0, cells[k - 1].mag))
 
         # -- output: sign-magnitude -> two's complement --------------------------------
         for u in range(k):

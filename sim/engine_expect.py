@@ -42,7 +42,7 @@ from dpfm.rtl.regmap import FLAGS
 __all__ = [
     "CONFIG_ENV", "FSM_ENV", "UNIT_FSM_KEY", "STREAMS", "StepCase", "step_case", "sample_batch",
     "expected_streams", "expected_flags", "step_counts", "phase_cycles", "update_phase_cycles", "step_cycles",
-    "loss_drain_cycles", "loss_drain_bound", "layer_cycles", "merger_latency", "dual_scale_ii", "candidates_per_list",
+    "loss_drain_cycles", "loss_drain_bound", "forward_slots", "forward_cycles", "check_candidates", "merger_latency", "dual_scale_ii", "candidates_per_list",
     "stream_layouts", "unpack", "normalise_payload", "payload_matches", "config_from_env",
 ]
 
@@ -209,13 +209,108 @@ def expected_flags(case: StepCase) -> int:
     return bits
 
 
+def check_candidates(case: StepCase, got: list, want: list) -> tuple[list, dict]:
+    """Check lane 0's observed merger input ``got`` (payload dicts) against the full
+    reference stream ``want`` (:func:`expected_streams`' ``cand``) with some block tails
+    dropped.
+
+    The engine ends a block of layer 1 (input ``i``'s register slots) early when no active
+    lane's list can take its rest, so the observed stream is the expected one with, per
+    block of layer 1, the register slots after some ``m`` dropped; in every other layer the
+    streams are equal.  Every dropped candidate must be one the reference's
+    :func:`~dpfm.reference.kernels.topk_insert` rejects, inserted into the lane's list as the
+    observed candidates before it left it (which, by induction, is the reference's list at
+    that point), and must not be a product the reference saturated (``|v|`` below the
+    gradient format's largest magnitude).  Where several ``m`` fit, the largest is taken.
+
+    Returns ``(problems, lengths)``: the problems found (empty when it all holds) and the
+    register slots issued per block of layer 1, ``{(list, i): m}``, for :func:`phase_cycles`.
+    """
+    from dpfm.reference.kernels import topk_insert
+    cfg = case.config
+    fmt = cfg.formats.grad
+    K = cfg.k
+    slots = forward_slots(cfg)
+    problems, lengths = [], {}
+    if len(slots) != len(want):
+        return [f"cand: {len(want)} expected candidates but {len(slots)} slots"], lengths
+    L_idx = np.full(K, -1, np.int64)
+    L_val = np.zeros(K, np.int64)
+    state = {"n": 0}
+
+    def insert(c):
+        if c["val"] != 0:
+            state["n"], _ = topk_insert(L_idx, L_val, state["n"], K, c.get("idx", -1), c["val"],
+                                        fmt.min_int, fmt.max_int)
+        if c["last"]:
+            L_idx[:] = -1
+            L_val[:] = 0
+            state["n"] = 0
+
+    def rejected(c):
+        if c["val"] == 0:
+            return True
+        if abs(c["val"]) >= fmt.max_int:
+            return False
+        li, lv = L_idx.copy(), L_val.copy()
+        n, sat = topk_insert(li, lv, state["n"], K, c["idx"], c["val"], fmt.min_int, fmt.max_int)
+        return n == state["n"] and sat == 0 and np.array_equal(li, L_idx) and np.array_equal(lv, L_val)
+
+    g = s = 0
+    while s < len(slots):
+        lst, last, _, layer, i, r = slots[s]
+        if layer == 1 and r == 0 and not last:
+            k_in = cfg.registers(0)
+            if g >= len(got) or not payload_matches(got[g], want[s]):
+                problems.append(f"cand: observed {g} ({got[g] if g < len(got) else 'none'}) is "
+                                f"not the new entry {want[s]} of list {lst} input {i}")
+                break
+            # the largest m whose registers match and after which the next slot follows
+            m_fit = None
+            for m in range(k_in, -1, -1):
+                ok = all(g + 1 + t < len(got) and payload_matches(got[g + 1 + t], want[s + 1 + t])
+                         for t in range(m))
+                nxt = s + 1 + k_in
+                if ok and (nxt >= len(want) or
+                           (g + 1 + m < len(got) and payload_matches(got[g + 1 + m], want[nxt]))):
+                    m_fit = m
+                    break
+            if m_fit is None:
+                problems.append(f"cand: list {lst} input {i} (observed from {g}) matches no "
+                                f"block of the reference with a tail dropped")
+                break
+            for t in range(1 + m_fit):
+                insert(got[g + t])
+            for t in range(1 + m_fit, 1 + k_in):
+                if not rejected(want[s + t]):
+                    problems.append(f"cand: list {lst} input {i}: dropped register slot {t} "
+                                    f"{want[s + t]} would change the list {list(zip(L_idx, L_val))}")
+                    break
+            lengths[(lst, i)] = m_fit
+            g += 1 + m_fit
+            s += 1 + k_in
+            if problems:
+                break
+            continue
+        if g >= len(got) or not payload_matches(got[g], want[s]):
+            problems.append(f"cand: observed {g} ({got[g] if g < len(got) else 'none'}), the "
+                            f"reference says {want[s]} (list {lst}, layer {layer}, input {i}, slot {r})")
+            break
+        insert(got[g])
+        g += 1
+        s += 1
+    if not problems and g != len(got):
+        problems.append(f"cand: {len(got) - g} observed candidates left over")
+    return problems, lengths
+
+
 def candidates_per_list(config: Config, layer: int) -> int:
     """Candidates of one neuron of ``layer``: ``n_in * (1 + k_in) + 1``."""
     k_in = 0 if layer == 0 else config.registers(layer - 1)
     return config.net[layer] * (1 + k_in) + 1
 
 
-def step_counts(case: StepCase) -> dict:
+def step_counts(case: StepCase, candidates: int | None = None) -> dict:
     """MERGE_BUSY and MUL_BUSY of the step, from the structure and the reference.
 
     ``MERGE_BUSY`` counts the cycles in which an active lane's merger takes a candidate; the
@@ -224,9 +319,16 @@ def step_counts(case: StepCase) -> dict:
     multipliers work: every non-bias candidate of the forward pass, plus, in the loss pass
     (all lanes at once, one (output, register slot) per cycle), each slot where some active
     sample holds a non-empty register (none when the update is ``none``, which skips the delta).
+
+    The engine ends blocks of layer 1 early (see :func:`check_candidates`), so the counts are
+    upper bounds; with ``candidates`` (the candidates the merger took, as a monitor saw them)
+    they are exact: ``MERGE_BUSY = candidates`` and ``MUL_BUSY = candidates - biases +``
+    the loss pass's products.
     """
     cfg = case.config
     cands = sum(cfg.net[l + 1] * candidates_per_list(cfg, l) for l in range(cfg.n_layers))
+    if candidates is not None:
+        cands = candidates
     biases = sum(cfg.net[1:])
     delta_products = 0
     if case.update != "none":
@@ -250,56 +352,105 @@ def merger_latency(config: Config) -> int:
     return int(getattr(TopKMerger(config), "latency", 1))
 
 
-def layer_cycles(config: Config, layer: int) -> tuple[int, int]:
-    """``(FWD, FWD_WAIT)`` cycles of ``layer``, from the blocks' documented timing.
+def forward_slots(config: Config, lengths=None) -> list:
+    """The forward pass's issue slots in order, one ``(list, last, dep, layer, i, r)`` per slot.
 
-    The FSM issues one candidate per cycle unless the pipeline stalls; a candidate reaches
-    the merger and the activation unit :data:`ISSUE_DEPTH` cycles after its issue.  For the
-    ``last`` candidate of neuron ``j``, offered at ``o_j`` and taken by the merger at ``h_j``:
-
-    - the merger's output register holds one list; list ``j`` enters it at
-      ``load_j = max(h_j + L_m - 1, t_{j-1})`` (``L_m`` = :func:`merger_latency`), once the
-      DualScale has taken list ``j-1`` (at ``t_{j-1}``), and is offered from ``load_j + 1``;
-      until then the merger refuses a candidate and the whole issue stalls: with ``L_m = 1``
-      the ``last`` candidate waits (``h_j = max(o_j, t_{j-1})``); with ``L_m >= 2`` the
-      ``last`` one is taken (``h_j = o_j``), the next list's first ``L_m - 2`` candidates
-      enter the stages behind it and the following one waits until ``load_j`` (the
-      three-stage TopKMerger has ``L_m = 3``);
-    - the activation unit takes ``z`` at ``o_j``; ``(a, f'(z))`` is readable from the FIFO
-      at ``o_j + ACT_LATENCY + AFIFO_LATENCY``;
-    - the DualScale is offered both at ``s_j = max(o_j + 4, load_j + 1)`` and takes them
-      ``C_ds - 1`` cycles later: ``t_j = s_j + C_ds - 1``; its output comes
-      ``SCALE_LATENCY`` cycles after that and is written back;
-    - the next list's last candidate is offered ``C_l`` candidates later, stalls included:
-      ``o_{j+1} = h_j + C_l`` (``L_m = 1``) or ``load_j + C_l - (L_m - 1)``
-      (``L_m >= 2``);
-      ``o_0 = C_l + ISSUE_DEPTH - 1``.
-
-    FWD ends with the last issue (``o_last - ISSUE_DEPTH``), except when the last list's wait
-    for the one before it (``load_{J-1} - (h_{J-1} + L_m - 1)`` cycles, ``L_m >= 2``) stalls
-    a candidate that reaches the merger after the FSM has issued the list's last slot
-    (``C_l - (L_m - 1) <= ISSUE_DEPTH - 1``): then FWD is over that much earlier and FWD_WAIT
-    that much longer.  FWD_WAIT lasts until the last output is written back plus one cycle to
-    see the count complete.
+    ``list`` numbers the neurons of every layer in issue order (the merger's lists), ``last``
+    marks the bias slot that closes one, and ``dep`` is the list whose write-back the slot
+    waits for (the neuron of the layer before that is the slot's input ``i``; None in
+    layer 0 and for the bias); ``r`` is 0 for the new entry (and the bias, ``i = n_in``) and
+    ``1 .. k_in`` for the register slots.  ``lengths`` (optional) gives the register slots
+    issued per block (``{(list, i): issued}``, default all ``k_in``): the blocks of layer 1
+    the engine ended early.
     """
-    C = candidates_per_list(config, layer)
+    slots = []
+    n = 0
+    first_prev = 0
+    for l in range(config.n_layers):
+        n_in, n_out = config.net[l], config.net[l + 1]
+        k_in = 0 if l == 0 else config.registers(l - 1)
+        first = n
+        for j in range(n_out):
+            for i in range(n_in):
+                dep = None if l == 0 else first_prev + i
+                regs = k_in if lengths is None else lengths.get((n, i), k_in)
+                slots.append((n, False, dep, l, i, 0))
+                slots.extend((n, False, None, l, i, r) for r in range(1, regs + 1))
+            slots.append((n, True, None, l, n_in, 0))
+            n += 1
+        first_prev = first
+    return slots
+
+
+def forward_cycles(config: Config, lengths=None) -> tuple[int, int]:
+    """``(FWD, FWD_WAIT)`` cycles of the whole forward pass, from the blocks' documented timing.
+
+    The FSM issues one slot of :func:`forward_slots` per cycle, layer after layer with no
+    barrier, unless
+
+    - the pipeline stalls: the slot at the merger's input is refused (below) and everything
+      holds;
+    - the slot reads input ``i`` of layer ``l >= 1`` (its new-entry slot) before every lane has
+      written back neuron ``i`` of layer ``l-1``: the FSM holds (a bubble enters the pipeline)
+      until the cycle after that write-back.
+
+    A slot reaches the merger's (and for the bias the activation unit's) input
+    ``ISSUE_DEPTH`` cycles after its issue.  The merger (``L_m`` = :func:`merger_latency`
+    stages) takes one slot per cycle; a list's ``last`` slot, taken at ``h``, waits in the
+    last stage for the output register (free once the DualScale has taken the list before:
+    ``load = max(h + L_m - 1, t_prev)``), and the merger refuses its input in the cycles in
+    between; the list is offered on ``o`` from ``load + 1``.  The activation unit takes ``z``
+    with the bias slot at its offer ``o_b``; ``(a, f'(z))`` is readable from the FIFO at
+    ``o_b + ACT_LATENCY + AFIFO_LATENCY``; the DualScale is offered both at ``s = max(that,
+    load + 1)``, takes them ``C_ds - 1`` cycles later (``t = s + C_ds - 1``) and writes back
+    ``SCALE_LATENCY`` cycles after that.
+
+    FWD lasts until the last slot's issue; FWD_WAIT until the last write-back is counted (and
+    the delta banks are clear, ``n_params`` cycles from the start), plus the cycle that sees it.
+    The function steps through the cycles of this schedule (no data involved).
+    """
+    slots = forward_slots(config, lengths)
     C_ds = dual_scale_ii(config)
     L_m = merger_latency(config)
-    o = C + ISSUE_DEPTH - 1
-    h = load = t = None
-    for j in range(config.net[layer + 1]):
-        if j:
-            o = h + C if L_m == 1 else load + C - (L_m - 1)
-        stall = 0 if j == 0 else load - (h + L_m - 1)   # list j's wait for list j-1 to leave
-        h = o if t is None or L_m > 1 else max(o, t)
-        load = h + L_m - 1 if t is None else max(h + L_m - 1, t)
-        s = max(o + ACT_LATENCY + AFIFO_LATENCY, load + 1)
-        t = s + C_ds - 1
-    fwd = o - ISSUE_DEPTH + 1
-    if L_m > 1 and stall > 0 and C - (L_m - 1) <= ISSUE_DEPTH - 1:
-        fwd -= stall        # the last list's stall began after its last issue: FWD was over
-    wait = t + SCALE_LATENCY + 2 - fwd
-    return fwd, wait
+    assert L_m >= 2, "the schedule assumes a pipelined merger"
+    wb = {}                           # list -> cycle of its write-back
+    pipe = [None] * ISSUE_DEPTH       # slots in stages 1 .. ISSUE_DEPTH (the merger's input)
+    stages = [None] * (L_m - 1)       # the merger's stages after its input register
+    offered_bias = {}
+    out_list, out_take = None, None   # the list in the merger's output register, its take
+    g = 0
+    cycle = 0
+    fwd = None
+    while fwd is None or len(wb) <= slots[-1][0]:
+        head = pipe[-1]
+        if head is not None and head[1] and head[0] not in offered_bias:
+            offered_bias[head[0]] = cycle          # the activation unit takes z now
+        out_free = out_list is None or out_take == cycle
+        if out_take == cycle:
+            out_list, out_take = None, None
+        # the merger holds while a last waits in its final stage for the output register
+        refuse = stages[-1] is not None and stages[-1][1] and not out_free
+        if not refuse:
+            moving = stages[-1]
+            if moving is not None and moving[1]:
+                n = moving[0]
+                s = max(offered_bias[n] + ACT_LATENCY + AFIFO_LATENCY, cycle + 1)
+                out_list, out_take = n, s + C_ds - 1
+                wb[n] = out_take + SCALE_LATENCY
+            stages = [head] + stages[:-1]
+        if not (refuse and head is not None):      # no stall: the issue pipeline moves
+            issue = None
+            if g < len(slots):
+                dep = slots[g][2]
+                if dep is None or (dep in wb and wb[dep] < cycle):
+                    issue = slots[g]
+                    g += 1
+                    if g == len(slots):
+                        fwd = cycle + 1
+            pipe = [issue] + pipe[:-1]
+        cycle += 1
+    done = max(max(wb.values()) + 1, config.n_params)
+    return fwd, done + 1 - fwd
 
 
 def loss_drain_bound(config: Config) -> int:
@@ -337,7 +488,7 @@ def loss_drain_cycles(case: StepCase) -> int:
 
 
 def phase_cycles(config: Config, *, update: str = "maxnorm", loss_drain: int | None = None,
-                 delta_zero: bool = False) -> dict:
+                 delta_zero: bool = False, lengths: dict | None = None) -> dict:
     """Cycles per FSM state of one step, as derived in docs/engine.md.
 
     Parameters
@@ -348,6 +499,9 @@ def phase_cycles(config: Config, *, update: str = "maxnorm", loss_drain: int | N
         :func:`loss_drain_bound`).
     delta_zero : bool
         Every delta is 0: the step ends after NORM without an update pass.
+    lengths : dict
+        The register slots issued per block of layer 1 (:func:`check_candidates`); by default
+        every block whole, which gives the upper bound of FWD and of FWD + FWD_WAIT.
 
     Returns
     -------
@@ -358,11 +512,7 @@ def phase_cycles(config: Config, *, update: str = "maxnorm", loss_drain: int | N
     T = lane_sum_stages(B)
     if loss_drain is None:
         loss_drain = loss_drain_bound(config)
-    fwd = wait = 0
-    for l in range(L):
-        f, w = layer_cycles(config, l)
-        fwd += f
-        wait += w
+    fwd, wait = forward_cycles(config, lengths)
     phases = {"FWD": fwd, "FWD_WAIT": wait, "LOSS": config.n_out * K, "LOSS_DRAIN": loss_drain}
     if update != "none":
         phases.update(update_phase_cycles(config, update=update, delta_zero=delta_zero))

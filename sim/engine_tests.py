@@ -31,9 +31,9 @@ from dpfm.reference import MLP
 from dpfm.rtl.regmap import ERR_ADDR_WRITE, FLAGS, ID_MAGIC, STATUS, UPDATE, Resp, StartError
 from dpfm.sim.engine_bench import (EngineTB, StreamMonitor, check_block_timing, compare_streams,
                                    cycle_pause, random_pause, timeline)
-from dpfm.sim.engine_expect import (FSM_ENV, config_from_env, expected_flags, expected_streams,
-                                    loss_drain_cycles, phase_cycles, sample_batch, step_case,
-                                    step_counts, step_cycles)
+from dpfm.sim.engine_expect import (FSM_ENV, check_candidates, config_from_env, expected_flags,
+                                    expected_streams, loss_drain_cycles, phase_cycles, sample_batch,
+                                    step_case, step_counts, step_cycles)
 
 GENERATORS = [None, cycle_pause]
 SLVERR = Resp.SLVERR
@@ -82,7 +82,12 @@ async def run_checked_step(tb: EngineTB, monitor: StreamMonitor | None, case, *,
     """Run one step whose samples and weights are already loaded and check everything the
     reference and the cycle formulas say about it: STATUS, the counters, LOSS, FLAGS (cleared
     before the step), OUTPUTS, WEIGHTS, and with a monitor every lane-0 stream transfer, the
-    blocks' latencies and the cycles per FSM state.  Returns the counters read."""
+    blocks' latencies and the cycles per FSM state.  Returns the counters read.
+
+    The engine ends blocks of layer 1 early, so the forward pass's cycles and counters depend
+    on the data: CYCLES, FWD, FWD + FWD_WAIT and MERGE_BUSY must stay within the formulas'
+    bounds (every block whole); with a monitor the observed candidate stream gives the blocks'
+    lengths, and the counters and every state's cycles must equal the formulas for them."""
     cfg = tb.config
     await tb.program(case)
     await tb.clear_flags()
@@ -97,10 +102,15 @@ async def run_checked_step(tb: EngineTB, monitor: StreamMonitor | None, case, *,
         problems.append(f"STATUS {status:#x} after the step, want done and no error")
     got = {name: await tb.read_reg(name) for name in ("CYCLES", "MUL_BUSY", "MERGE_BUSY", "FLAGS")}
     got["LOSS"] = await tb.read_loss()
-    want_counts = step_counts(case)
-    for name, want in want_counts.items():
-        if got[name] != want:
-            problems.append(f"{name} = {got[name]}, want {want}")
+    bound_counts = step_counts(case)
+    for name, bound in bound_counts.items():
+        if got[name] > bound:
+            problems.append(f"{name} = {got[name]}, above its bound {bound}")
+    # MUL_BUSY: every candidate but the biases, and the loss pass's products
+    want_mul = step_counts(case, candidates=got["MERGE_BUSY"])["MUL_BUSY"]
+    if got["MUL_BUSY"] != want_mul:
+        problems.append(f"MUL_BUSY = {got['MUL_BUSY']}, want {want_mul} for MERGE_BUSY = "
+                        f"{got['MERGE_BUSY']}")
     if got["LOSS"] != case.loss_raw:
         problems.append(f"LOSS = {got['LOSS']}, reference sum(e**2) = {case.loss_raw}")
     want_flags = expected_flags(case)
@@ -120,22 +130,39 @@ async def run_checked_step(tb: EngineTB, monitor: StreamMonitor | None, case, *,
                         f"{case.params[bad[0]]})")
     drain = loss_drain_cycles(case)
     delta_zero = case.update != "none" and not np.any(case.trace.delta)
+    lengths = None
     if record is not None:
-        problems += compare_streams(record, expected_streams(case, lane=0))
+        expected = expected_streams(case, lane=0)
+        cands = [t.payload for t in record.transfers["cand"]]
+        cand_problems, lengths = check_candidates(case, cands, expected.pop("cand"))
+        problems += cand_problems
+        problems += compare_streams(record, expected)
         problems += check_block_timing(record, cfg)
+        if got["MERGE_BUSY"] != len(cands):
+            problems.append(f"MERGE_BUSY = {got['MERGE_BUSY']}, the monitor saw {len(cands)} candidates")
         states = monitor.state_cycles()
-        want_states = phase_cycles(cfg, update=case.update, loss_drain=drain, delta_zero=delta_zero)
+        want_states = phase_cycles(cfg, update=case.update, loss_drain=drain, delta_zero=delta_zero,
+                                   lengths=lengths)
         if states != want_states:
             problems.append(f"cycles per state {states}, formula {want_states}; timeline "
                             "(offered/taken, step cycles):\n    " + "\n    ".join(timeline(record)))
+        bound = phase_cycles(cfg, update=case.update, loss_drain=drain, delta_zero=delta_zero)
+        fw_got = states.get("FWD", 0), states.get("FWD", 0) + states.get("FWD_WAIT", 0)
+        fw_bound = bound["FWD"], bound["FWD"] + bound["FWD_WAIT"]
+        if fw_got[0] > fw_bound[0] or fw_got[1] > fw_bound[1]:
+            problems.append(f"FWD, FWD + FWD_WAIT = {fw_got}, above their bounds {fw_bound}")
         if got["CYCLES"] != 1 + len(record.states):
             problems.append(f"CYCLES = {got['CYCLES']} but the FSM was busy {len(record.states)} cycles")
-    want_cycles = step_cycles(cfg, update=case.update, loss_drain=drain, delta_zero=delta_zero)
-    if got["CYCLES"] != want_cycles:
-        problems.append(f"CYCLES = {got['CYCLES']}, formula {want_cycles}")
-    tb.log.info("%s: %s cycles (before %s), MUL_BUSY %d, MERGE_BUSY %d, LOSS %d, FLAGS %#x",
-                label, got["CYCLES"], cycles_before, got["MUL_BUSY"], got["MERGE_BUSY"],
-                got["LOSS"], got["FLAGS"])
+        want_cycles = step_cycles(cfg, update=case.update, loss_drain=drain, delta_zero=delta_zero,
+                                  lengths=lengths)
+        if got["CYCLES"] != want_cycles:
+            problems.append(f"CYCLES = {got['CYCLES']}, formula {want_cycles} for the blocks seen")
+    bound_cycles = step_cycles(cfg, update=case.update, loss_drain=drain, delta_zero=delta_zero)
+    if got["CYCLES"] > bound_cycles:
+        problems.append(f"CYCLES = {got['CYCLES']}, above the bound {bound_cycles}")
+    tb.log.info("%s: %s cycles (before %s, bound %d), MUL_BUSY %d, MERGE_BUSY %d, LOSS %d, FLAGS %#x%s",
+                label, got["CYCLES"], cycles_before, bound_cycles, got["MUL_BUSY"], got["MERGE_BUSY"],
+                got["LOSS"], got["FLAGS"], f"; states {monitor.state_cycles()}" if record else "")
     assert not problems, f"{label}:\n  " + "\n  ".join(problems)
     return got
 

@@ -7,7 +7,7 @@ reference, on small engines (the seed net at k=4, two sample lanes).
 2. A reset in any phase of a step (the engine's only abort) leaves no dirty delta bank: the
    next step is bit-exact.
 3. FLAGS: a flag raised in the cycle of CTRL.clear_flags stays raised.
-4. The layer barrier waits for every lane's write-back, and MERGE_BUSY counts the cycles in
+4. The next layer's issue waits for every lane's write-back of its input, and MERGE_BUSY counts the cycles in
    which the merger of any active lane takes a candidate (lanes made to diverge by wrapping
    one lane's block).
 5. The maxnorm reciprocal is ``RECIP_BITS`` wide: steps with the extreme ``max|delta|`` are
@@ -492,8 +492,9 @@ class _GatedMerger(wiring.Component):
 
 def test_layer_waits_for_every_lane(monkeypatch):
     """Lane 1's DualScale answers 12 cycles after lane 0's: its write-back must still land at
-    the right neuron, and the next layer must not start before it; the step is bit-exact
-    for both lanes.  The old engine counted lane 0's write-backs only."""
+    the right neuron, and the next layer must not read an input before lane 1 has written
+    it back; the step is bit-exact for both lanes.  The old engine counted lane 0's
+    write-backs only."""
     made = []
 
     def scale(config, *, scalar_fmt):

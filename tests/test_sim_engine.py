@@ -22,7 +22,8 @@ import pytest
 from dpfm.config import Config
 from dpfm.reference.kernels import topk_insert
 from dpfm.rtl.regmap import register_map
-from dpfm.sim.engine_expect import (CONFIG_ENV, FSM_ENV, UNIT_FSM_KEY, expected_streams, phase_cycles,
+from dpfm.sim.engine_expect import (CONFIG_ENV, FSM_ENV, UNIT_FSM_KEY, check_candidates,
+                                    expected_streams, forward_cycles, forward_slots, phase_cycles,
                                     sample_batch, step_case, step_counts, step_cycles)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -167,6 +168,90 @@ def test_expected_stream_lengths():
     counts = step_counts(case)
     assert len(streams["cand"]) == counts["MERGE_BUSY"] == 266
     assert all(len(streams[s]) == sum(cfg.net[1:]) for s in streams if s != "cand")
+
+
+def _drop_rejectable_tails(case, lane=0):
+    """The lane's expected candidate stream with every block of layer 1 cut after the first
+    4 register slots where the reference's list (fed the stream so far) rejects the rest:
+    a stream the engine may produce.  Returns ``(stream, cuts)``."""
+    cfg = case.config
+    fmt = cfg.formats.grad
+    want = expected_streams(case, lane=lane)["cand"]
+    slots = forward_slots(cfg)
+    L_idx, L_val, n = np.full(cfg.k, -1, np.int64), np.zeros(cfg.k, np.int64), 0
+    out, cuts, s = [], {}, 0
+    while s < len(slots):
+        lst, last, _, layer, i, r = slots[s]
+        c = want[s]
+        if layer == 1 and r == 0 and not last:
+            k_in = cfg.registers(0)
+            block = want[s:s + 1 + k_in]
+            keep = 1 + k_in
+            for t in range(1 + min(4, k_in), 1 + k_in):
+                rest = block[t:]
+                li, lv = L_idx.copy(), L_val.copy()
+                m = n
+                for x in block[:t]:
+                    if x["val"]:
+                        m, _ = topk_insert(li, lv, m, cfg.k, x["idx"], x["val"], fmt.min_int, fmt.max_int)
+                if m == cfg.k and all(abs(x["val"]) < abs(lv[-1]) for x in rest):
+                    keep = t
+                    break
+            for x in block[:keep]:
+                out.append({**x, "idx": x.get("idx", 0)})
+                if x["val"]:
+                    n, _ = topk_insert(L_idx, L_val, n, cfg.k, x["idx"], x["val"], fmt.min_int, fmt.max_int)
+            cuts[(lst, i)] = keep - 1
+            s += 1 + k_in
+            continue
+        out.append({**c, "idx": c.get("idx", 0)})
+        if c["val"]:
+            n, _ = topk_insert(L_idx, L_val, n, cfg.k, c["idx"], c["val"], fmt.min_int, fmt.max_int)
+        if last:
+            L_idx[:], L_val[:], n = -1, 0, 0
+        s += 1
+    return out, cuts
+
+
+def test_check_candidates_accepts_rejected_tails_only():
+    """The monitor's candidate check: the whole stream passes with every block whole; a
+    stream with rejectable block tails of layer 1 dropped passes and reports those lengths;
+    dropping a tail that holds a candidate the list takes is a problem, and so is dropping
+    a candidate outside layer 1."""
+    cfg, case = _seed_case(16)
+    want = expected_streams(case)["cand"]
+    full = [{**c, "idx": c.get("idx", 0)} for c in want]
+    problems, lengths = check_candidates(case, full, want)
+    assert not problems and set(lengths.values()) == {cfg.registers(0)}
+    cut, cuts = _drop_rejectable_tails(case)
+    assert len(cut) < len(full), "no block tail of layer 1 is rejectable in this step"
+    problems, lengths = check_candidates(case, cut, want)
+    assert not problems and lengths == cuts
+    # a tail whose first candidate enters the list: the first block of layer 1 (its list
+    # is not full yet, every non-zero candidate enters)
+    first = next(n for n, s in enumerate(forward_slots(cfg)) if s[3] == 1)
+    bad = full[:first + 2] + full[first + 1 + cfg.registers(0):]
+    problems, _ = check_candidates(case, bad, want)
+    assert problems and "would change the list" in problems[0]
+    # a dropped candidate in layer 2
+    last_layer = [n for n, s in enumerate(forward_slots(cfg)) if s[3] == 2 and s[5] == 1][0]
+    problems, _ = check_candidates(case, full[:last_layer] + full[last_layer + 1:], want)
+    assert problems
+
+
+def test_forward_cycles_bound_holds_for_shortened_blocks():
+    """FWD and FWD + FWD_WAIT with layer-1 blocks shortened (random lengths, seed and digits
+    nets) stay within the whole-block values: the bound the testbench asserts."""
+    rng = np.random.default_rng(3)
+    for cfg in (Config(k=16, batch=10), Config(k=4, batch=10),
+                Config(net=(12, 6, 3), activations=("sigmoid", "sigmoid"), k=8, batch=10)):
+        fwd, wait = forward_cycles(cfg)
+        k_in = cfg.registers(0)
+        blocks = {(s[0], s[4]) for s in forward_slots(cfg) if s[3] == 1 and not s[1]}
+        for _ in range(20):
+            lengths = {b: int(rng.integers(min(4, k_in), k_in + 1)) for b in blocks}
+            f, w = forward_cycles(cfg, lengths)
+            assert f <= fwd and f + w <= fwd + wait, (cfg.net, cfg.k, f, w, fwd, wait)
 
 
 def test_cycle_formula_parts():
