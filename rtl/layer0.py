@@ -23,7 +23,7 @@ from dpfm.config import Config
 from .fixmath import round_shift, saturate
 from .layouts import registers_layout
 
-__all__ = ["Layer0Unit", "lane_out_layout", "DSP_P_BITS"]
+__all__ = ["Layer0Unit", "lane_z_layout", "DSP_P_BITS"]
 
 #: Width of a DSP48E1's post-adder (the ``P`` register): the chain's sums must fit it.
 DSP_P_BITS = 48
@@ -33,24 +33,19 @@ def _pow2(n):
     return n >= 1 and (n & (n - 1)) == 0
 
 
-def lane_out_layout(config: Config) -> data.StructLayout:
-    """What :class:`Layer0Unit` offers per lane per neuron.
+def lane_z_layout(config: Config) -> data.StructLayout:
+    """What :class:`Layer0Unit` offers per lane and neuron on ``z``.
 
     Returns
     -------
     data.StructLayout
         ``z``: ``signed(value.bits)``, the pre-activation in the value format (two's
-        complement, ``value.frac`` fractional bits), rounded and saturated as the engine's lane
-        datapath does it; ``zsat``: 1 bit, ``z`` was clamped (the reference counts a value
-        saturation); ``regs``: :func:`~dpfm.rtl.layouts.registers_layout`, the neuron's
-        gradient registers before the activation (what a :class:`~dpfm.rtl.dual_scale.DualScale`
-        takes as ``grads``).
+        complement, ``value.frac`` fractional bits), ``sat(round_shift(acc, weight.frac))``
+        as the engine's lane datapath forms it (what an
+        :class:`~dpfm.rtl.activation.ActivationUnit` takes); ``zsat``: 1 bit, ``z`` was
+        clamped (the reference counts a value saturation).
     """
-    return data.StructLayout({
-        "z": signed(config.formats.value.bits),
-        "zsat": 1,
-        "regs": registers_layout(config),
-    })
+    return data.StructLayout({"z": signed(config.formats.value.bits), "zsat": 1})
 
 
 class Layer0Unit(wiring.Component):
@@ -67,7 +62,8 @@ class Layer0Unit(wiring.Component):
       last (index = the input number, ``n_in`` = the bias);
     - the first layer's weights and biases from the weight memory (read port ``w_*``);
 
-    and offers on ``o``, for ``j = 0..n_out-1``, every lane's ``z_j`` and list.  Bit-exact with
+    and offers, for ``j = 0..n_out-1``, every lane's ``z_j`` on ``z`` and each lane's list on
+    ``regs[s]``.  Bit-exact with
     :meth:`dpfm.reference.MLP.step_raw` (policy ``stream``): ``z_j`` is the reference's layer 0
     ``z`` and the list its ``merged_idx``/``merged_val``.
 
@@ -91,7 +87,8 @@ class Layer0Unit(wiring.Component):
     start : ``In(1)``
         Pulse: begin a step (ignored while ``busy``).  Clears the unit's per-step state.
     busy : ``Out(1)``
-        From the cycle after ``start`` until the transfer of neuron ``n_out - 1`` on ``o``.
+        From the cycle after ``start`` until every neuron has been transferred on ``z`` and on
+        every ``regs[s]``.
     a : ``In(stream.Signature(data.ArrayLayout(signed(value.bits), batch)))``
         Input ``a_i`` of every lane (value format), ``i`` counting transfers from 0; ready
         while ``busy`` and fewer than ``n_in`` have been taken.
@@ -102,11 +99,16 @@ class Layer0Unit(wiring.Component):
     w_addr : ``Out(range(ceil(n_params / word)))``, w_en : ``Out(1)``, w_data : ``In(word * weight.bits)``
         A synchronous read port of the weight memory: ``w_data`` in cycle ``t + 1`` is the
         word at ``w_addr`` of cycle ``t`` when ``w_en`` was high (held otherwise).
-    o : ``Out(stream.Signature(data.ArrayLayout(lane_out_layout(config), batch)))``
-        One transfer per neuron ``j``, in order: per lane ``{z, zsat, regs}``
-        (:func:`lane_out_layout`); ``regs`` is ``L*`` with index ``i`` renamed to ``j*n_in +
-        i`` and ``n_in`` to ``boff0 + j`` (``boff0 = n_out*n_in``, the first bias), values and
-        order unchanged.  Empty entries (``val == 0``) have a don't-care index.
+    z : ``Out(stream.Signature(data.ArrayLayout(lane_z_layout(config), batch)))``
+        One transfer per neuron ``j = 0..n_out-1``, in order, every lane at once:
+        ``{z, zsat}`` (:func:`lane_z_layout`).
+    regs : ``Out(stream.Signature(registers_layout(config))).array(batch)``
+        Per lane, one transfer per neuron ``j``, in order, independent of ``z`` and of the
+        other lanes: ``L*`` with index ``i`` renamed to ``off0 + j*n_in + i`` and ``n_in`` to
+        ``boff0 + j`` (``off0 = 0``, ``boff0 = n_out*n_in``, the first bias), values and order
+        unchanged; empty entries (``val == 0``) keep a don't-care index.  Valid from the
+        cycle after ``L*`` is taken; what a :class:`~dpfm.rtl.dual_scale.DualScale` takes as
+        ``grads`` (it replaces the merger's ``o`` in the engine's join).
 
     Raises
     ------
@@ -131,12 +133,12 @@ class Layer0Unit(wiring.Component):
     of consecutive neurons back to back), after the first chunk of the step: a chunk ``c``
     issues once the inputs ``a[cD .. min(n_in, cD+D)-1]`` are in (so neuron 0 follows the
     inputs), at the earliest ``nb + 1`` cycles after ``start``.  Latency :attr:`latency`
-    ``= D + 6`` cycles from the issue of a neuron's last chunk to its ``o.valid`` (given its
-    lists are in): read, window and rotation, the DSP chain (``D + 1`` stages), accumulate,
+    ``= D + 6`` cycles from the issue of a neuron's last chunk to its ``z.valid``:
+    the read, window and rotation, the DSP chain (``D + 1`` stages), accumulate,
     round/saturate into the output FIFO, the FIFO.  A step without backpressure and with
     ``L*`` in time takes about ``max(nb + 1, D) + n_out * C + latency`` cycles from ``start``
     when ``a`` streams one input per cycle from ``start + 1`` (measured in
-    tests/test_rtl_layer0.py).  Backpressure on ``o`` holds only the issue: the pipeline
+    tests/test_rtl_layer0.py).  Backpressure on ``z`` holds only the issue: the pipeline
     never stalls; a credit counter keeps at most :attr:`fifo_depth` neurons between issue and
     transfer, enough to sustain one neuron per ``C`` cycles.
 
@@ -147,7 +149,7 @@ class Layer0Unit(wiring.Component):
     ``acc = (first ? b << value.frac : acc) + chunk`` of :attr:`acc_bits` bits, exact; then
     ``z = sat(round_shift(acc, weight.frac))``.  The lists: ``k`` index registers per lane,
     loaded from ``L*`` (``i -> i``, ``n_in -> boff0``) and stepped by ``n_in`` (``1`` for the
-    bias entry) at every transfer on ``o``.
+    bias entry) at every transfer on ``regs[s]``.
     """
 
     def __init__(self, config: Config, *, word: int = 8, mults: int | None = None):
@@ -189,7 +191,8 @@ class Layer0Unit(wiring.Component):
             "w_addr": Out(range(max(2, words))),
             "w_en": Out(1),
             "w_data": In(word * fm.weight.bits),
-            "o": Out(stream.Signature(data.ArrayLayout(lane_out_layout(config), B))),
+            "z": Out(stream.Signature(data.ArrayLayout(lane_z_layout(config), B))),
+            "regs": Out(stream.Signature(registers_layout(config))).array(B),
         })
 
     @property
@@ -213,7 +216,7 @@ class Layer0Unit(wiring.Component):
 
     @property
     def latency(self) -> int:
-        """Cycles from the issue of a neuron's last chunk to its ``o.valid``: ``D + 6``."""
+        """Cycles from the issue of a neuron's last chunk to its ``z.valid``: ``D + 6``."""
         return self._latency
 
     @property
@@ -261,7 +264,9 @@ class Layer0Unit(wiring.Component):
         i_word = Signal(range(max(2, C)))      # i // D
         words_in = Signal(range(C + 1))        # complete chunks of inputs
         inflight = Signal(range(F + 1))        # neurons between first-chunk issue and o
-        n_done = Signal(range(max(2, n_out)))  # neurons transferred on o
+        n_done = Signal(range(n_out + 1))      # neurons transferred on z
+        z_end = n_done == n_out
+        regs_end = Signal()                    # every lane has delivered every list
         loaded = Signal(B)                     # L* taken, per lane
         o_take = Signal()
 
@@ -300,7 +305,7 @@ class Layer0Unit(wiring.Component):
                         with m.If(j == n_out - 1):
                             m.next = "DRAIN"
             with m.State("DRAIN"):
-                with m.If(o_take & (n_done == n_out - 1)):
+                with m.If(z_end & regs_end):
                     m.d.sync += self.busy.eq(0)
                     m.next = "IDLE"
         m.d.comb += self.w_en.eq(1)
@@ -384,7 +389,7 @@ class Layer0Unit(wiring.Component):
 
         reg_layout = registers_layout(cfg)
         ib = cfg.idx_bits
-        o_payload = []
+        r_end = []                             # per lane: every list delivered
         for s in range(B):
             # register file: D memories, a[d::D], written at i_word, lane s's input
             a_s = self.a.payload[s]
@@ -411,11 +416,19 @@ class Layer0Unit(wiring.Component):
             z, zsat = saturate(round_shift(acc, fw), fm.value)
             z_parts.append(Cat(z, zsat))
 
-            # L*: loaded with neuron 0's indices, stepped at every transfer on o
-            lst = self.lists[s]
-            regs = Signal(reg_layout, name=f"regs{s}")
+            # L*: loaded with neuron 0's indices, stepped at every transfer on regs[s]
+            lst, ro = self.lists[s], self.regs[s]
+            regs = ro.payload
             isb = Signal(K, name=f"isbias{s}")
-            m.d.comb += lst.ready.eq(self.busy & ~loaded[s])
+            r_cnt = Signal(range(n_out + 1), name=f"r_cnt{s}")
+            r_take = ro.valid & ro.ready
+            m.d.comb += [lst.ready.eq(self.busy & ~loaded[s]),
+                         ro.valid.eq(self.busy & loaded[s] & (r_cnt != n_out))]
+            r_end.append(r_cnt == n_out)
+            with m.If(self.start & ~self.busy):
+                m.d.sync += r_cnt.eq(0)
+            with m.If(r_take):
+                m.d.sync += r_cnt.eq(r_cnt + 1)
             with m.If(lst.valid & lst.ready):
                 m.d.sync += loaded[s].eq(1)
                 for t in range(K):
@@ -423,22 +436,19 @@ class Layer0Unit(wiring.Component):
                     bias_e = e.idx == n_in
                     m.d.sync += [regs[t].val.eq(e.val), isb[t].eq(bias_e),
                                  regs[t].idx.eq(Mux(bias_e, boff0, off0 + e.idx))]
-            with m.Elif(o_take):
+            with m.Elif(r_take):
                 for t in range(K):
                     m.d.sync += regs[t].idx.eq(regs[t].idx + Mux(isb[t], Const(1, ib), Const(n_in, ib)))
-            o_payload.append((s, regs))
 
-        m.d.comb += [zf.w_en.eq(z_v), zf.w_data.eq(Cat(*z_parts))]
-        all_loaded = loaded.all()
+        m.d.comb += [zf.w_en.eq(z_v), zf.w_data.eq(Cat(*z_parts)), regs_end.eq(Cat(*r_end).all())]
         m.d.comb += [
-            self.o.valid.eq(zf.r_rdy & all_loaded & self.busy),
-            o_take.eq(self.o.valid & self.o.ready),
+            self.z.valid.eq(zf.r_rdy & self.busy),
+            o_take.eq(self.z.valid & self.z.ready),
             zf.r_en.eq(o_take),
         ]
-        for s, regs in o_payload:
+        for s in range(B):
             zs = zf.r_data[s * (vb + 1):(s + 1) * (vb + 1)]
-            m.d.comb += [self.o.payload[s].z.eq(zs[:vb]), self.o.payload[s].zsat.eq(zs[vb]),
-                         self.o.payload[s].regs.eq(regs)]
+            m.d.comb += [self.z.payload[s].z.eq(zs[:vb]), self.z.payload[s].zsat.eq(zs[vb])]
         with m.If(o_take):
             m.d.sync += n_done.eq(n_done + 1)
         return m

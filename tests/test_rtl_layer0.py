@@ -4,7 +4,8 @@ A harness joins the unit with a weight memory of ``word``-weight words (the flat
 packed as the unit documents) and one :class:`TopKMerger` per lane, fed the ``n_in + 1``
 candidates of ``L*`` (index = input number, ``n_in`` = the bias) exactly once per sample.
 Producers (inputs, candidates) stall at random and the consumer of ``o`` applies random
-backpressure.  Every neuron's ``z`` and register list must equal the reference's layer 0
+backpressure.  Every neuron's ``z`` (stream ``z``) and register list (streams ``regs[s]``, consumed
+independently) must equal the reference's layer 0
 ``z`` and ``merged_idx``/``merged_val`` of :meth:`dpfm.reference.MLP.step_raw` (policy
 ``stream``), and ``zsat`` must be raised exactly where the reference's ``z`` is clamped.
 """
@@ -97,8 +98,9 @@ def reference_layer0(config, X, y, params):
 
 
 def run_steps(config, word, mults, cases, *, seed=0, stall=0.3, backpressure=0.3):
-    """Simulate one step per case; returns (outputs per step, cycles from start to the last
-    transfer per step)."""
+    """Simulate one step per case; returns (outputs per step: ``{"z": [per neuron: per lane
+    (z, zsat)], "regs": [per lane: [per neuron: list]]}``, cycles from start to the end of
+    ``busy`` per step)."""
     fm = config.formats
     n_in, n_out, B, K = config.net[0], config.net[1], config.batch, config.k
     params = cases[0][2]
@@ -107,7 +109,7 @@ def run_steps(config, word, mults, cases, *, seed=0, stall=0.3, backpressure=0.3
     u = h.unit
     one_g = min(fm.grad.one, fm.grad.max_int)
     rng = random.Random(seed)
-    got = [[] for _ in cases]
+    got = [{"z": [], "regs": [[] for _ in range(B)]} for _ in cases]
     cycles = []
     state = {"step": -1}
 
@@ -156,18 +158,30 @@ def run_steps(config, word, mults, cases, *, seed=0, stall=0.3, backpressure=0.3
                     await ctx.tick()
         return tb
 
-    async def consume(ctx):
+    async def consume_z(ctx):
         for n in range(len(cases)):
             for j in range(n_out):
                 while rng.random() < backpressure:
-                    ctx.set(u.o.ready, 0)
+                    ctx.set(u.z.ready, 0)
                     await ctx.tick()
-                ctx.set(u.o.ready, 1)
-                payload, = await ctx.tick().sample(u.o.payload).until(u.o.valid)
-                got[n].append([{"z": payload[s].z, "zsat": payload[s].zsat,
-                                "regs": [(payload[s].regs[t].idx, payload[s].regs[t].val)
-                                         for t in range(K)]} for s in range(B)])
-                ctx.set(u.o.ready, 0)
+                ctx.set(u.z.ready, 1)
+                payload, = await ctx.tick().sample(u.z.payload).until(u.z.valid)
+                got[n]["z"].append([(payload[s].z, payload[s].zsat) for s in range(B)])
+                ctx.set(u.z.ready, 0)
+
+    def consume_regs(s):
+        async def tb(ctx):
+            ro = u.regs[s]
+            for n in range(len(cases)):
+                for j in range(n_out):
+                    while rng.random() < backpressure:
+                        ctx.set(ro.ready, 0)
+                        await ctx.tick()
+                    ctx.set(ro.ready, 1)
+                    regs, = await ctx.tick().sample(ro.payload).until(ro.valid)
+                    got[n]["regs"][s].append([(regs[t].idx, regs[t].val) for t in range(K)])
+                    ctx.set(ro.ready, 0)
+        return tb
 
     sim = Simulator(h)
     sim.add_clock(1e-8)
@@ -175,7 +189,9 @@ def run_steps(config, word, mults, cases, *, seed=0, stall=0.3, backpressure=0.3
     sim.add_testbench(feed_inputs)
     for s in range(B):
         sim.add_testbench(feed_merger(s))
-    sim.add_testbench(consume)
+    sim.add_testbench(consume_z)
+    for s in range(B):
+        sim.add_testbench(consume_regs(s))
     sim.run_until(1e-8 * 200 * (len(cases) + 1) * (n_in + 10) * max(1, n_out))
     assert len(cycles) == len(cases), "the unit did not finish every step"
     return got, cycles
@@ -186,21 +202,23 @@ def check(config, cases, got):
     zsats = 0
     for (X, y, params), outs in zip(cases, got):
         tr, clamped = reference_layer0(config, X, y, params)
-        assert len(outs) == n_out
-        for j in range(n_out):
-            for s in range(B):
-                o = outs[j][s]
+        assert len(outs["z"]) == n_out
+        for s in range(B):
+            assert len(outs["regs"][s]) == n_out
+            for j in range(n_out):
                 where = f"lane {s} neuron {j}"
-                assert o["z"] == tr.z[s, j], where
-                assert o["zsat"] == int(clamped[s, j]), where
-                zsats += o["zsat"]
+                z, zsat = outs["z"][j][s]
+                assert z == tr.z[s, j], where
+                assert zsat == int(clamped[s, j]), where
+                zsats += zsat
                 R = tr.merged_val.shape[2]
                 want = [(int(tr.merged_idx[s, j, t]), int(tr.merged_val[s, j, t])) for t in range(R)]
                 want += [(None, 0)] * (K - R)
-                for t, ((gi, gv), (wi, wv)) in enumerate(zip(o["regs"], want)):
-                    assert gv == wv, f"{where} register {t}: {o['regs']} != {want}"
+                regs = outs["regs"][s][j]
+                for t, ((gi, gv), (wi, wv)) in enumerate(zip(regs, want)):
+                    assert gv == wv, f"{where} register {t}: {regs} != {want}"
                     if wv != 0:
-                        assert gi == wi, f"{where} register {t}: {o['regs']} != {want}"
+                        assert gi == wi, f"{where} register {t}: {regs} != {want}"
     return zsats
 
 
