@@ -1,6 +1,6 @@
 """Resource estimates for the xc7z020 with Yosys ``synth_xilinx``, and Verilator lint.
 
-``dpfm synth --block dual_scale|topk|activation|run|engine --k K [--lanes L] [--timing] --json out.json``
+``dpfm synth --block dual_scale|topk|activation|run|update|layer0|engine --k K [--lanes L] [--net N,N,..] [--batch B] [--timing] --json out.json``
 synthesises one block as its own top level (no I/O buffers) and reports LUT, FF, DSP48E1,
 block RAM, carry chains and ``soft_mul``: the multiplies that Yosys' DSP mapping left to the
 fabric. Utilisation is against the XC7Z020 (PYNQ-Z2): 53,200 LUT, 106,400 FF, 220 DSP48E1,
@@ -40,7 +40,7 @@ __all__ = ["DEVICE", "BLOCKS", "estimate", "parse_log", "yosys_script", "lint", 
 DEVICE = {"part": "xc7z020", "LUT": 53200, "FF": 106400, "DSP48E1": 220, "BRAM36": 140}
 
 #: Blocks that ``dpfm synth`` can build.
-BLOCKS = ("dual_scale", "topk", "activation", "run", "update", "engine")
+BLOCKS = ("dual_scale", "topk", "activation", "run", "update", "layer0", "engine")
 
 #: LUTs per cell for the cells that occupy LUTs (logic, shift registers, distributed RAM).
 LUT_CELLS = {
@@ -292,6 +292,9 @@ def build_block(block: str, config):
     if block == "engine":
         from .engine import Engine
         return Engine(config)
+    if block == "layer0":
+        from .layer0 import Layer0Unit
+        return Layer0Unit(config)
     raise UsageError(f"unknown block {block!r}; known: {', '.join(BLOCKS)}")
 
 
@@ -317,6 +320,10 @@ def main(argv=None) -> int:
     p.add_argument("--k", type=int, required=True, help="gradient registers per activation")
     p.add_argument("--lanes", type=int, default=None,
                    help="physical multipliers per DualScale (1..k+1; default: the Config's)")
+    p.add_argument("--net", metavar="N,N,...", default=None,
+                   help="layer widths, inputs first (default: the Config's, the seed net 4,5,5,1); "
+                        "hidden layers sigmoid, the last linear")
+    p.add_argument("--batch", type=int, default=None, help="sample lanes (default: the Config's)")
     p.add_argument("--json", metavar="PATH", help="write the estimate here (atomically)")
     p.add_argument("--workdir", metavar="DIR",
                    help="folder for the Verilog, script and log (default build/synth/<block>-k<K>-l<L>)")
@@ -331,12 +338,23 @@ def main(argv=None) -> int:
         changes = {"k": args.k}
         if args.lanes is not None:
             changes["lanes"] = args.lanes
+        if args.batch is not None:
+            changes["batch"] = args.batch
+        if args.net is not None:
+            try:
+                net = tuple(int(n) for n in args.net.split(","))
+            except ValueError:
+                raise ConfigError(f"--net must be comma-separated widths, not {args.net!r}") from None
+            changes["net"] = net
+            changes["activations"] = ("sigmoid",) * (len(net) - 2) + ("linear",)
         config = Config(**changes)
         component = build_block(args.block, config)
     except (ConfigError, UsageError, ValueError, TypeError) as exc:
         print(f"dpfm synth: {exc}", file=sys.stderr)
         return 2
-    workdir = Path(args.workdir or Path("build") / "synth" / f"{args.block}-k{config.k}-l{config.lanes}")
+    tag = "" if args.net is None and args.batch is None else \
+        f"-n{'_'.join(map(str, config.net))}-b{config.batch}"
+    workdir = Path(args.workdir or Path("build") / "synth" / f"{args.block}-k{config.k}-l{config.lanes}{tag}")
     top = f"dpfm_{args.block}"
     try:
         res = estimate(component, top, workdir, yosys=args.yosys)
