@@ -74,12 +74,6 @@ __all__ = ["Engine", "StickyFlags", "ISSUE_DEPTH", "AFIFO_LATENCY", "UPDATE_PIPE
            "NORM_CYCLES", "LOSS_PIPE", "RECIP_BITS", "DIV_CYCLES", "SUM_LEVELS_PER_STAGE",
            "lane_sum_stages"]
 
-def _pipelined_sum(m, terms, name):
-    """The sum of ``terms`` through :func:`lane_sum_stages` register stages (see
-    :func:`~dpfm.rtl.fixmath.pipelined_sum`)."""
-    return pipelined_sum(m, terms, name)
-
-
 def _select(word, sel, width, n):
     """Element ``sel`` of the ``n`` elements of ``width`` bits in ``word``: each padded to a
     power of two bits, so the selection is a plain ``n``-way multiplexer (``word_select``
@@ -357,7 +351,7 @@ class Engine(wiring.Component):
         t_boff = Array([Const(offs[l] + net[l + 1] * net[l], 24) for l in range(L)])   # b[0]
         t_act = Array([Const(ACT_CODES[a], 2) for a in cfg.activations])
         layer = Signal(range(max(L, 2)))
-        nin, nout, kin, off, act = t_nin[layer], t_nout[layer], t_kin[layer], t_off[layer], t_act[layer]
+        nin, nout, kin, act = t_nin[layer], t_nout[layer], t_kin[layer], t_act[layer]
         rd_buf = Signal()          # buffer the issuing layer l reads ((l-1) % 2); each lane
         m.d.comb += rd_buf.eq(~layer[0])   # writes buffer l % 2 of the layer it writes back
         out_buf = (L - 1) % 2      # buffer holding the network's outputs
@@ -428,14 +422,10 @@ class Engine(wiring.Component):
             a1 = Signal(vshape)
             m.d.comb += a1.eq(Mux(src1, smem_rd[s].data, vmem_rd[s].data))
             regs1 = rmem_rd[s].data.as_value()
-            regs1v = reg_layout(regs1)
             # register slot rr1 of the word: an explicit K-way multiplexer (indexing the view
             # with a signal would build a shifter over the whole word)
             sel = rr1[:max(1, (K - 1).bit_length())]
-            ew = entry_layout(cfg).size
-            pw = 1 << (ew - 1).bit_length()          # entries padded to a power of two
-            padded = Cat(*[Cat(regs1v[t].as_value(), Const(0, pw - ew)) for t in range(K)])
-            g1 = entry_layout(cfg)(padded.word_select(sel, pw)[:ew])
+            g1 = entry_layout(cfg)(_select(regs1, sel, entry_layout(cfg).size, K))
             lane_g1.append(g1)
             # stage 2 registers
             opa2 = Signal(wshape); opb2 = Signal(vshape if fm.value.bits >= fm.grad.bits else gshape)
@@ -604,7 +594,7 @@ class Engine(wiring.Component):
             d_delta_ports.append((gi3, gi4, dprod4))
         m.d.sync += [lv1.eq(loss_issue), lr1.eq(lr), lsq2.eq(lv1 & (lr1 == 0)), lsq3.eq(lsq2)]
         T = lane_sum_stages(B)
-        sq_sum = _pipelined_sum(m, sq_terms, "sq_sum")
+        sq_sum = pipelined_sum(m, sq_terms, "sq_sum")
         lsq = [lsq3]                       # lsq[t]: sq_sum holds a valid sum after t stages
         for t in range(T):
             v = Signal(name=f"lsq_s{t + 1}")
