@@ -10,7 +10,11 @@ One step (``CTRL.start``) runs, for the ``BATCH_N`` samples in the SAMPLES windo
    ``W[j,i] * a_i`` in the new-entry slot (pre-activation) and ``W[j,i] * g`` in the
    register slots.  The finished list, the :class:`ActivationUnit`'s ``(a, f'(z))`` and a
    :class:`DualScale` (registers times ``f'(z)``) complete the neuron while the next one
-   streams.
+   streams.  Layer 0 is one list per step: its candidates are the same for every neuron
+   (``(i, new_entry(a_i))``, the bias ``(n_in, one)``), so the merger sorts them once into
+   ``L*`` and the :class:`~dpfm.rtl.layer0.Layer0Unit` forms every ``z_j`` (``D`` DSP48E1
+   per lane, from its own copy of layer 0's weights) and renames ``L*`` into every neuron's
+   list for the join.
 2. **Loss and delta**: all lanes at once, per output and register slot,
    ``e = sat(y' - y)`` and ``D_s[idx] += e * g`` into the lane's exact delta bank (the lane's
    multiplier); ``sum e**2`` into LOSS.  ``D = sum_s D_s`` is formed when read.  The banks
@@ -36,7 +40,8 @@ FLAGS are a :class:`StickyFlags` (a flag raised in the cycle of a clear stays).
 
 Timing (cycles, ``k_l`` = registers of layer ``l``'s inputs, 0 for the first layer, ``T =
 lane_sum_stages(batch)``, 2 for batch 5..16):
-forward at most ``sum_l n_out_l * (n_in_l * (1 + k_l) + 1)`` issue cycles plus the merger's
+forward at most ``n_in_0 + 1 + sum_{l>=1} n_out_l * (n_in_l * (1 + k_l) + 1)`` issue cycles
+plus the Layer0Unit's, the merger's
 and the write-back's waits (data-dependent: layer 1's blocks may end early;
 :func:`dpfm.sim.engine_expect.forward_cycles` is the schedule, whole blocks its bound); loss/delta
 ``n_out * k + LOSS_DRAIN`` (at most ``1 + max(4, LOSS_PIPE + T - (k - 1))``); update, with
@@ -62,6 +67,7 @@ from .axi import AXI4LiteSignature, AXI4LiteSlave, AXI4Signature
 from .dual_scale import DualScale
 from .fixmath import (SUM_LEVELS_PER_STAGE, lane_sum_stages, pipelined_sum, round_shift,
                       round_shift_saturate, saturate)
+from .layer0 import Layer0Unit, engine_layer0_shape
 from .layouts import entry_layout, registers_layout
 from .regmap import (ADDR_BITS, CTRL, FLAGS, ID_MAGIC, RUN_OPTS, RUN_STATUS, STATUS_ERROR_SHIFT,
                      UPDATE, WINDOW_BITS, Resp, StartError, register_map)
@@ -70,7 +76,7 @@ from .topk import TopKMerger
 from .update import (DIV_CYCLES, MAX_PIPE, NORM_CYCLES, RECIP_BITS, UPDATE_PIPE, UpdateUnit,
                      update_words)
 
-__all__ = ["Engine", "StickyFlags", "ISSUE_DEPTH", "AFIFO_LATENCY", "UPDATE_PIPE", "MAX_PIPE",
+__all__ = ["Engine", "StickyFlags", "ISSUE_DEPTH", "PROBE_AHEAD", "AFIFO_LATENCY", "UPDATE_PIPE", "MAX_PIPE",
            "NORM_CYCLES", "LOSS_PIPE", "RECIP_BITS", "DIV_CYCLES", "SUM_LEVELS_PER_STAGE",
            "lane_sum_stages"]
 
@@ -84,6 +90,23 @@ def _select(word, sel, width, n):
     return padded.word_select(sel, pw)[:width]
 
 
+def _cannot_enter(m, prod, fw, kth, name):
+    """``U < kth`` for a product register ``prod`` (``W * g``, ``fw`` fractional bits too
+    many): ``U = floor(|prod| / 2**fw + 1/2)``, not saturated, bounds ``|sat(rnd(prod))|``
+    for either sign (``rnd`` rounds ties toward +inf: ``|rnd(p)|`` is ``U`` for ``p >= 0``,
+    ``U`` or ``U - 1`` below).  ``|p| + 2**(fw-1) = (p ^ sign) + sign + 2**(fw-1)``: one
+    adder, the sign its low bit.  A product that saturates has ``U >= 2**(bits-1) >= kth``,
+    so it never "cannot enter"."""
+    p_neg = prod[-1]
+    ones = Signal(len(prod), name=f"{name}_ones")
+    m.d.comb += ones.eq(prod.as_unsigned() ^ p_neg.replicate(len(prod)))
+    half = (1 << (fw - 1)) if fw else 0
+    bump = Cat(p_neg, Const(half >> 1, fw - 1)) if fw >= 2 else p_neg + half
+    u_full = Signal(len(prod) + 1, name=f"{name}_u")
+    m.d.comb += u_full.eq(ones + bump)
+    return (u_full >> fw) < kth
+
+
 def _or_all(terms):
     acc = terms[0]
     for t in terms[1:]:
@@ -95,6 +118,10 @@ def _or_all(terms):
 #: the read register, the operand register, the product register and the merger's input
 #: register (stages 1, 2, 3 and the merger input of the lane datapath below).
 ISSUE_DEPTH = 4
+#: Blocks the block probe (layer 1) may run ahead of the issue: at least its latency, 5
+#: cycles from a probe's issue to its verdict in the FSM's reject bits, so that a run of
+#: rejected blocks (one slot each) finds every verdict in time.
+PROBE_AHEAD = 6
 #: Cycles from a write into a lane's activation FIFO (``SyncFIFOBuffered``) to its data being
 #: readable.
 AFIFO_LATENCY = 2
@@ -253,6 +280,30 @@ class Engine(wiring.Component):
         m.d.comb += [upd.weights.eq(w_word_rd.data),
                      w_rd.data.eq(_select(w_word_rd.data, w_sel, wshape.width, M) if lgM
                                   else w_word_rd.data)]
+        # layer 0 (the Layer0Unit): its own copy of layer 0's weights and biases in words of
+        # M0 = max(D, M) weights, written with every write of W (a W word lands in one of its
+        # words), read only by the unit, so the forward's read port stays free for layer 1
+        M0, D0 = engine_layer0_shape(cfg)
+        lgM0 = (M0 - 1).bit_length()
+        n0 = cfg.offsets[0] + net[1] * (n_in0 + 1)    # W then b of layer 0
+        assert cfg.offsets[0] == 0
+        n_words0 = -(-n0 // M0)
+        m.submodules.l0 = l0 = Layer0Unit(cfg, word=M0, mults=D0)
+        m.submodules.w0mem = w0mem = Memory(shape=unsigned(M0 * wshape.width), depth=n_words0, init=[])
+        w0_wr = w0mem.write_port(granularity=wshape.width)
+        w0_rd = w0mem.read_port(transparent_for=())
+        m.d.comb += [w0_rd.addr.eq(l0.w_addr), w0_rd.en.eq(l0.w_en), l0.w_data.eq(w0_rd.data)]
+        R0 = M0 // M                       # W words per word of the copy
+        w0_word = Signal(range(max(2, n_words + 1)))
+        m.d.comb += w0_word.eq(w_wr.addr >> (lgM0 - lgM))
+        w0_lane = w_wr.addr[:lgM0 - lgM] if R0 > 1 else Const(0, 1)
+        m.d.comb += [
+            w0_wr.addr.eq(w0_word),
+            w0_wr.data.eq(w_wr.data.replicate(R0)),
+            w0_wr.en.eq(Mux(w0_word < n_words0,
+                            w_wr.en << (Cat(Const(0, lgM), w0_lane) if lgM else w0_lane) if R0 > 1 else w_wr.en,
+                            0)),
+        ]
         d_wr, d_rd = [], []                # one delta bank per lane; D = sum of the banks
         for s in range(B):
             # block RAM: a few words of M * dbits bits would cost hundreds of LUTs as LUTRAM
@@ -265,7 +316,7 @@ class Engine(wiring.Component):
             # instead of a bypass over the whole word
             d_rd.append(dmem.read_port(transparent_for=()))
             m.d.comb += upd.deltas[s].eq(d_rd[-1].data)
-        smem_wr, smem_rd, vmem_wr, vmem_rd, rmem_wr, rmem_rd = [], [], [], [], [], []
+        smem_wr, smem_rd, vmem_wr, vmem_rd, rmem_wr, rmem_rd, rmems = [], [], [], [], [], [], []
         abits = max(1, (maxw - 1).bit_length())
         sbits = srow.bit_length() - 1
         for s in range(B):
@@ -282,6 +333,7 @@ class Engine(wiring.Component):
             m.submodules[f"rmem{s}"] = rm
             vmem_wr.append(vm.write_port()); vmem_rd.append(vm.read_port(transparent_for=()))
             rmem_wr.append(rm.write_port()); rmem_rd.append(rm.read_port(transparent_for=()))
+            rmems.append(rm)
 
         # ---------------------------------------------------------------- control registers
         busy = Signal()
@@ -388,6 +440,7 @@ class Engine(wiring.Component):
         # stage 0 -> 1 -> 2 -> 3 -> outputs (merger/activation inputs, registered)
         KIND_NEW, KIND_REG, KIND_BIAS = 0, 1, 2
         src1 = Signal()            # stage 1 reads the sample memory (layer 0)
+        src2 = Signal(); src3 = Signal()   # ... the slot in stages 2 and 3 is of layer 0
         act1 = Signal(2); act2 = Signal(2); act3 = Signal(2)    # the slot's activation code
         v1 = Signal(); kind1 = Signal(2); rr1 = Signal(16); idxn1 = Signal(24); idxb1 = Signal(24)
         v2 = Signal(); kind2 = Signal(2)
@@ -412,6 +465,46 @@ class Engine(wiring.Component):
             m.d.comb += w_rd.addr.eq(t_boff[layer] + j)
         with m.Else():
             m.d.comb += w_rd.addr.eq(wbase + i)
+
+        # layer 0: the Layer0Unit takes the inputs from stage 1 and forms every neuron's z
+        # (offered to the activation units, one neuron every C_ds cycles at most, so that
+        # they never wait for the DualScales) and, from the lane's sorted list L*, every
+        # neuron's register list (the DualScale's join takes it in layer 0)
+        C_ds = -(-(K + 1) // cfg.lanes)
+        a0_raw = Signal()          # stage 1 holds a layer-0 input for the unit
+        m.d.comb += a0_raw.eq(v1 & src1 & (kind1 == KIND_NEW))
+        l0_take = Signal()         # a neuron's z goes to the activation units this cycle
+        pace = Signal(range(max(2, C_ds)))
+        au_pending = Signal()
+        m.d.comb += [
+            l0.a.valid.eq(a0_raw & ~stall),
+            l0.a.payload.eq(Cat(*[Mux(src1, smem_rd[s].data, vmem_rd[s].data) for s in range(B)])),
+            au_pending.eq(Cat(au.i.valid & ~au.i.ready for au in acts).any()),
+            l0_take.eq(l0.z.valid & ~au_pending & (pace == 0)),
+            l0.z.ready.eq(l0_take),
+        ]
+        with m.If(l0_take):
+            m.d.sync += pace.eq(C_ds - 1)
+        with m.Elif(pace != 0):
+            m.d.sync += pace.eq(pace - 1)
+        l0_loaded = Signal(B)      # per lane: the merger's first list of the step (L*) is taken
+
+        # block probe (layer 1): a second pipeline reads W[j, p] and input p's largest
+        # register g_0 a few blocks ahead of the issue (second read ports of W and of the
+        # register buffers) and forms every lane's U_0 = bound of W[j,p] * g_0 in its own
+        # DSP; when every active lane's list (its k-th magnitude now, no larger than when
+        # the block would issue) rejects it, no register candidate of block p can enter
+        # (U is non-increasing along the block), and the FSM issues block p's new entry only
+        probe_reject = Signal(B)
+        pw_rd = _WeightReadPort(P, wshape)
+        pw_word_rd = wmem.read_port(transparent_for=())
+        pw_sel = Signal(max(1, lgM))
+        m.d.comb += [pw_word_rd.addr.eq(pw_rd.addr >> lgM), pw_word_rd.en.eq(1),
+                     pw_rd.data.eq(_select(pw_word_rd.data, pw_sel, wshape.width, M) if lgM
+                                   else pw_word_rd.data)]
+        if lgM:
+            m.d.sync += pw_sel.eq(pw_rd.addr[:lgM])
+        rmem_rd2 = [rm_.read_port(transparent_for=()) for rm_ in rmems]
 
         # per-lane datapath
         flag_terms = []
@@ -452,23 +545,17 @@ class Engine(wiring.Component):
                     sat3.eq((kind2 == KIND_NEW) & newsat2 | (kind2 == KIND_BIAS) & (fm.grad.one > fm.grad.max_int)),
                 ]
             prodv3, prodsat3 = round_shift_saturate(prod3, fw, fm.grad)
-            # U = floor(|W*g| / 2**fw + 1/2), not saturated, bounds |sat(rnd(W*g))| for either
-            # sign (rnd rounds ties toward +inf: |rnd(p)| = U for p >= 0, U or U - 1 for p < 0).
-            # |p| + 2**(fw-1) = (p ^ sign) + sign + 2**(fw-1): one adder, the sign its low
-            # bit.  A product that saturates has U >= 2**(bits-1) >= kth: never rejected.
-            p_neg = prod3[-1]
-            ones = Signal(len(prod3), name=f"ones3_{s}")
-            m.d.comb += ones.eq(prod3.as_unsigned() ^ p_neg.replicate(len(prod3)))
-            half = (1 << (fw - 1)) if fw else 0
-            bump = Cat(p_neg, Const(half >> 1, fw - 1)) if fw >= 2 else p_neg + half
-            u_full = Signal(len(prod3) + 1, name=f"u_full3_{s}")
-            m.d.comb += u_full.eq(ones + bump)
             mg_ = mergers[s]
             # the merger's k-th magnitude belongs to this neuron's list unless a `last` sits
             # between stage 3 and its cells: in its input register (checked here) or in its
             # lookup / sum stages (kth reads 0 then)
-            m.d.comb += lane_reject[s].eq(((u_full >> fw) < mg_.kth)
-                                          & ~(mg_.i.valid & mg_.i.payload.last))
+            kth_now = Mux(mg_.i.valid & mg_.i.payload.last, 0, mg_.kth)
+            m.d.comb += lane_reject[s].eq(_cannot_enter(m, prod3, fw, kth_now, f"reg3_{s}"))
+            # the block probe's lane: W[j, p] * g_0 of input p (its largest register)
+            pw2 = Signal(wshape, name=f"probe_w2_{s}"); pg2 = Signal(gshape, name=f"probe_g2_{s}")
+            pprod3 = Signal(signed(wshape.width + gshape.width), name=f"probe_prod3_{s}")
+            m.d.sync += [pw2.eq(pw_rd.data), pg2.eq(rmem_rd2[s].data[0].val), pprod3.eq(pw2 * pg2)]
+            m.d.comb += probe_reject[s].eq(_cannot_enter(m, pprod3, fw, kth_now, f"probe3_{s}"))
             zfull = zacc + (b3 << fv)
             z3, zsat3 = saturate(round_shift(zfull, fw), fm.value)
             mg, au = mergers[s], acts[s]
@@ -489,10 +576,17 @@ class Engine(wiring.Component):
                     with m.Case(KIND_NEW):
                         m.d.sync += zacc.eq(zacc + prod3)
                     with m.Case(KIND_BIAS):
-                        m.d.sync += [zacc.eq(0), au.i.valid.eq(1), au.i.payload.z.eq(z3),
-                                     au.i.payload.act.eq(act3)]
-                        m.d.comb += lane_sat[FLAGS["sat_value"]].eq(zsat3)
+                        m.d.sync += zacc.eq(0)
+                        with m.If(~src3):          # layer 0's bias closes L*, no neuron
+                            m.d.sync += [au.i.valid.eq(1), au.i.payload.z.eq(z3),
+                                         au.i.payload.act.eq(act3)]
+                            m.d.comb += lane_sat[FLAGS["sat_value"]].eq(zsat3)
                 m.d.comb += lane_sat[FLAGS["sat_grad"]].eq(Mux(kind3 == KIND_REG, prodsat3, sat3))
+            l0z = l0.z.payload[s]
+            with m.If(l0_take):
+                m.d.sync += [au.i.valid.eq(1), au.i.payload.z.eq(l0z.z),
+                             au.i.payload.act.eq(ACT_CODES[cfg.activations[0]])]
+                m.d.comb += lane_sat[FLAGS["sat_value"]].eq(l0z.zsat)
             # finalize: activation -> fifo; join with the merger's list into DualScale
             af, vf, ds = afifos[s], vfifos[s], scalers[s]
             m.d.comb += [
@@ -502,14 +596,24 @@ class Engine(wiring.Component):
             ]
             a_f = af.r_data[:fm.value.bits].as_signed()
             d_f = af.r_data[fm.value.bits:].as_signed()
-            join = af.r_rdy & mg.o.valid & vf.w_rdy
+            # the merger's first list of a step is L* (to the Layer0Unit); the lane's layer-0
+            # neurons take their lists from the unit, the later ones from the merger
+            lst0, regs0 = l0.lists[s], l0.regs[s]
+            in_l0 = wls[s] == 0
+            m.d.comb += [lst0.valid.eq(mg.o.valid & ~l0_loaded[s]), lst0.payload.eq(mg.o.payload)]
+            with m.If(lst0.valid & lst0.ready):
+                m.d.sync += l0_loaded[s].eq(1)
+            list_valid = Mux(in_l0, regs0.valid, mg.o.valid & l0_loaded[s])
+            join = af.r_rdy & list_valid & vf.w_rdy
+            take = ds.i.ready & af.r_rdy & vf.w_rdy
             m.d.comb += [
                 ds.i.valid.eq(join),
                 ds.i.payload.value.eq(0),
-                ds.i.payload.grads.eq(mg.o.payload),
+                ds.i.payload.grads.eq(Mux(in_l0, regs0.payload.as_value(), mg.o.payload.as_value())),
                 ds.i.payload.scalar.eq(d_f),
-                mg.o.ready.eq(ds.i.ready & af.r_rdy & vf.w_rdy),
-                af.r_en.eq(ds.i.ready & mg.o.valid & vf.w_rdy),
+                regs0.ready.eq(in_l0 & take),
+                mg.o.ready.eq(Mux(l0_loaded[s], ~in_l0 & take, lst0.ready)),
+                af.r_en.eq(ds.i.ready & list_valid & vf.w_rdy),
                 vf.w_en.eq(join & ds.i.ready),
                 vf.w_data.eq(a_f),
                 ds.o.ready.eq(1),
@@ -524,13 +628,13 @@ class Engine(wiring.Component):
             flag_terms.append(Mux(lane_active[s], lane_sat | ((mg.sat | ds.sat) << FLAGS["sat_grad"]), 0))
 
         m.d.comb += stall.eq(Cat((mg.i.valid & ~mg.i.ready) | (au.i.valid & ~au.i.ready)
-                                 for mg, au in zip(mergers, acts)).any())
+                                 for mg, au in zip(mergers, acts)).any() | (a0_raw & ~l0.a.ready))
         # MERGE_BUSY: cycles in which the merger of at least one active lane takes a candidate
         m.d.comb += block_end.eq(sk4 & (rn4 == r) & (reject4 | ~lane_active).all())
         merge_take = Cat(mg.i.valid & mg.i.ready for mg in mergers)
         with m.If((merge_take & lane_active).any()):
             m.d.sync += merge_busy.eq(merge_busy + 1)
-        with m.If(~stall & v2 & (kind2 != KIND_BIAS)):
+        with m.If(~stall & v2 & (kind2 != KIND_BIAS) & ~src2):   # layer 0: no lane product
             m.d.sync += mul_busy.eq(mul_busy + 1)
         for s in range(B):
             with m.If(scalers[s].o.valid):
@@ -546,18 +650,58 @@ class Engine(wiring.Component):
         m.d.comb += dep_ok.eq(Cat(~lane_active[s] | (wls[s] >= layer) | (fins[s] > i)
                                   for s in range(B)).all())
 
+        # block probe control: in layer 1, input t = max(pp, i + 1) is probed once every
+        # active lane has written it back, at most PROBE_AHEAD blocks ahead; the verdict
+        # (every active lane's list rejects W[j,t] * g_0, the list being this neuron's: no
+        # bias slot issued and not yet taken by the lane's merger) lands in ``rej`` 5 cycles
+        # after the probe's issue, unless the FSM moved to another neuron meanwhile
+        probing = Signal()
+        engine_fsm_fwd = Signal()      # the FSM is in FWD
+        pp = Signal(range(maxw + 2))
+        p_t = Signal(range(maxw + 2))
+        rej = Signal(maxw)
+        pend = [Signal(2, name=f"pend{s}") for s in range(B)]   # bias slots not yet at the merger
+        pv = [Signal(name=f"probe_v{t}") for t in range(1, 5)]
+        pi_ = [Signal(range(maxw + 2), name=f"probe_i{t}") for t in range(1, 5)]
+        pj_ = [Signal(16, name=f"probe_j{t}") for t in range(1, 5)]
+        verdict4 = Signal()
+        bias_issue = Signal()
+        m.d.comb += [
+            p_t.eq(Mux(pp > i, pp, i + 1)),
+            probing.eq(engine_fsm_fwd & (layer == 1) & (p_t < nin) & (p_t <= i + PROBE_AHEAD)
+                       & Cat(~lane_active[s] | (wls[s] >= 1) | (fins[s] > p_t) for s in range(B)).all()),
+            pw_rd.addr.eq(wbase + p_t),
+        ]
+        for s in range(B):
+            m.d.comb += rmem_rd2[s].addr.eq(Cat(p_t[:abits], Const(0, 1)))   # layer 1 reads buffer 0
+            took_last = mergers[s].i.valid & mergers[s].i.ready & mergers[s].i.payload.last
+            m.d.sync += pend[s].eq(pend[s] + bias_issue - took_last)
+        m.d.sync += [pv[0].eq(probing), pi_[0].eq(p_t), pj_[0].eq(j)]
+        for t in range(1, 4):
+            m.d.sync += [pv[t].eq(pv[t - 1]), pi_[t].eq(pi_[t - 1]), pj_[t].eq(pj_[t - 1])]
+        m.d.sync += verdict4.eq(pv[2] & Cat(~lane_active[s] | (probe_reject[s] & (pend[s] == 0))
+                                            for s in range(B)).all())
+        with m.If(probing):
+            m.d.sync += pp.eq(p_t + 1)
+        with m.If(bias_issue):
+            m.d.sync += [rej.eq(0), pp.eq(0)]
+        with m.Elif(verdict4 & pv[3] & (pj_[3] == j) & (layer == 1)):
+            m.d.sync += rej.eq(rej | (Const(1, maxw) << pi_[3]))
+
         # shared stage registers
         with m.If(~stall):
             m.d.sync += [
                 v1.eq(fwd_issue),
-                src1.eq(layer == 0), act1.eq(act), act2.eq(act1), act3.eq(act2),
+                src1.eq(layer == 0), src2.eq(src1), src3.eq(src2),
+                act1.eq(act), act2.eq(act1), act3.eq(act2),
                 kind1.eq(Mux(bias_slot, KIND_BIAS, Mux(r == 0, KIND_NEW, KIND_REG))),
                 rr1.eq(Mux(loss_issue, lr, r - 1)),
                 sk1.eq(fwd_issue & (layer == 1) & ~bias_slot & (r != 0)) if L >= 2 else sk1.eq(0),
                 rn1.eq(r + ISSUE_DEPTH), sk2.eq(sk1), rn2.eq(rn1), sk3.eq(sk2), rn3.eq(rn2),
                 sk4.eq(v3 & sk3), rn4.eq(rn3), reject4.eq(lane_reject),
                 idxn1.eq(wbase + i),
-                idxb1.eq(t_boff[layer] + j),
+                # layer 0 streams L* once: input i is index i, the bias index n_in
+                idxb1.eq(Mux(layer == 0, n_in0, t_boff[layer] + j)),
                 v2.eq(v1), kind2.eq(kind1),
                 v3.eq(v2), kind3.eq(kind2),
             ]
@@ -700,6 +844,9 @@ class Engine(wiring.Component):
                                      r.eq(0), wbase.eq(offs[0]), clr.eq(0)]
                         m.d.sync += [f.eq(0) for f in fins]
                         m.d.sync += [wl.eq(0) for wl in wls]
+                        m.d.sync += [l0_loaded.eq(0), rej.eq(0), pp.eq(0)]
+                        m.d.sync += [p_.eq(0) for p_ in pend]
+                        m.d.comb += l0.start.eq(1)
                         m.next = "FWD"
             with m.State("FWD"):
                 for s in range(B):
@@ -708,20 +855,25 @@ class Engine(wiring.Component):
                                  rmem_rd[s].addr.eq(Cat(i[:abits], rd_buf))]
                 # the bias slot reads no input; the others wait for their input's write-back
                 issue_ok = bias_slot | dep_ok
-                m.d.comb += fwd_issue.eq(issue_ok)
+                m.d.comb += [fwd_issue.eq(issue_ok), engine_fsm_fwd.eq(1)]
+                # layer 1: the probe found that block i's registers cannot enter any list
+                skip = (layer == 1) & (r == 0) & rej.bit_select(i[:max(1, (maxw - 1).bit_length())], 1)
                 with m.If(~stall & issue_ok):
                     with m.If(bias_slot):
+                        m.d.comb += bias_issue.eq(1)
                         m.d.sync += [i.eq(0), r.eq(0), j.eq(j + 1), wbase.eq(wbase + nin)]
-                        with m.If(j + 1 == nout):
+                        # layer 0 is one list (L*) whatever n_out
+                        with m.If((j + 1 == nout) | (layer == 0)):
                             with m.If(layer == L - 1):
                                 m.next = "FWD_WAIT"
                             with m.Else():
                                 # the next layer issues right behind this one's last slot
                                 m.d.sync += [j.eq(0), layer.eq(layer + 1), wbase.eq(t_off[layer + 1])]
-                    with m.Elif((r == kin) | block_end):
+                    with m.Elif((r == kin) | block_end | skip):
                         # the block's last register slot, or every active lane rejects
                         # the register candidate issued ISSUE_DEPTH slots ago in this
-                        # block (layer 1): the rest of the block cannot enter either
+                        # block (layer 1): the rest of the block cannot enter either; or
+                        # the probe rejected the whole block (its new entry only)
                         m.d.sync += [r.eq(0), i.eq(i + 1)]
                     with m.Else():
                         m.d.sync += r.eq(r + 1)

@@ -23,10 +23,16 @@ from dpfm.config import Config
 from .fixmath import round_shift, saturate
 from .layouts import registers_layout
 
-__all__ = ["Layer0Unit", "lane_z_layout", "DSP_P_BITS"]
+__all__ = ["Layer0Unit", "lane_z_layout", "engine_layer0_shape", "DSP_P_BITS", "MAX_MULTS",
+           "DSP_BUDGET"]
 
 #: Width of a DSP48E1's post-adder (the ``P`` register): the chain's sums must fit it.
 DSP_P_BITS = 48
+#: The most multipliers per lane the engine gives the unit.
+MAX_MULTS = 8
+#: DSP48E1 the engine lets the unit take over all lanes (of the XC7Z020's 220; the rest of
+#: the engine takes about 82 at batch 10).
+DSP_BUDGET = 80
 
 
 def _pow2(n):
@@ -46,6 +52,21 @@ def lane_z_layout(config: Config) -> data.StructLayout:
         clamped (the reference counts a value saturation).
     """
     return data.StructLayout({"z": signed(config.formats.value.bits), "zsat": 1})
+
+
+def engine_layer0_shape(config: Config) -> tuple[int, int]:
+    """``(word, mults)`` of the engine's :class:`Layer0Unit` for ``config``.
+
+    ``D = mults`` is the largest power of two at most :data:`MAX_MULTS`, at most
+    ``n_in`` rounded up to a power of two (a chunk needs no more) and with ``D * batch`` at
+    most :data:`DSP_BUDGET` (1 at least); ``M = word`` is ``max(D, update_lanes)``, so that
+    an update word of the weight memory lands in one word of the unit's copy.
+    """
+    n_in = config.net[0]
+    d = min(MAX_MULTS, 1 << (n_in - 1).bit_length())
+    while d > 1 and d * config.batch > DSP_BUDGET:
+        d //= 2
+    return max(d, config.update_lanes), d
 
 
 class Layer0Unit(wiring.Component):

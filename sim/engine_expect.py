@@ -43,6 +43,7 @@ __all__ = [
     "CONFIG_ENV", "FSM_ENV", "UNIT_FSM_KEY", "STREAMS", "StepCase", "step_case", "sample_batch",
     "expected_streams", "expected_flags", "step_counts", "phase_cycles", "update_phase_cycles", "step_cycles",
     "loss_drain_cycles", "loss_drain_bound", "forward_slots", "forward_cycles", "check_candidates", "merger_latency", "dual_scale_ii", "candidates_per_list",
+    "lists_per_layer", "layer0_z_times",
     "stream_layouts", "unpack", "normalise_payload", "payload_matches", "config_from_env",
 ]
 
@@ -158,7 +159,11 @@ def expected_streams(case: StepCase, lane: int = 0) -> dict:
     Candidates follow the reference's ``stream`` policy in the engine's order: per input
     ``i`` the new entry ``(idx of W[j,i], new_entry(a_i))``, then ``W[j,i] * g`` for *every*
     register slot ``g`` of ``a_i`` (empty slots included: their product is 0, which the
-    merger ignores), the bias entry last with ``last = 1``.
+    merger ignores), the bias entry last with ``last = 1``.  Layer 0 is one list per step,
+    the :class:`~dpfm.rtl.layer0.Layer0Unit`'s ``L*``: ``(i, new_entry(a_i))`` for every input
+    ``i``, then ``(n_in, one)``; the merger's first list is ``L*``, the reference's list of
+    neuron 0 with ``W[0, i]``'s index renamed ``i`` and ``b[0]``'s ``n_in`` (every neuron's
+    list is ``L*`` renamed: the same values, in the same order).
     """
     cfg = case.config
     fmt = cfg.formats
@@ -172,8 +177,15 @@ def expected_streams(case: StepCase, lane: int = 0) -> dict:
         W, off = _weights(cfg, case.params, l)
         a_in, gi_in, gv_in = _layer_inputs(case, l, lane)
         new_val, _ = new_entry(a_in, fmt.value, fmt.grad)
+        if l == 0:
+            out["cand"] += [{"idx": i, "val": int(new_val[i]), "last": 0} for i in range(n_in)]
+            out["cand"].append({"idx": n_in, "val": int(one_g), "last": 1})
+            boff = off + n_out * n_in
+            out["merged"].append({"regs": [(None if idx is None else n_in if idx == boff else idx - off, v)
+                                           for idx, v in _registers(tr.merged_idx[lane, 0],
+                                                                    tr.merged_val[lane, 0], K)]})
         for j in range(n_out):
-            for i in range(n_in):
+            for i in range(n_in if l else 0):
                 out["cand"].append({"idx": off + j * n_in + i, "val": int(new_val[i]), "last": 0})
                 if k_in:
                     _, sv, _ = scale_registers(gi_in[i, :k_in], gv_in[i, :k_in], W[j, i],
@@ -183,10 +195,11 @@ def expected_streams(case: StepCase, lane: int = 0) -> dict:
                         if gv_in[i, r] != 0:
                             item["idx"] = int(gi_in[i, r])
                         out["cand"].append(item)
-            out["cand"].append({"idx": off + n_out * n_in + j, "val": int(one_g), "last": 1})
             merged = _registers(tr.merged_idx[lane, j], tr.merged_val[lane, j], K)
             scaled = _registers(tr.grad_idx[lane, j], tr.grad_val[lane, j], K)
-            out["merged"].append({"regs": merged})
+            if l:
+                out["cand"].append({"idx": off + n_out * n_in + j, "val": int(one_g), "last": 1})
+                out["merged"].append({"regs": merged})
             out["act_in"].append({"z": int(tr.z[lane, j]), "act": ACT_CODES[cfg.activations[l]]})
             out["act_out"].append({"a": int(tr.a[lane, j]), "d": int(tr.d[lane, j])})
             out["scale_in"].append({"regs": merged, "scalar": int(tr.d[lane, j])})
@@ -305,18 +318,25 @@ def check_candidates(case: StepCase, got: list, want: list) -> tuple[list, dict]
 
 
 def candidates_per_list(config: Config, layer: int) -> int:
-    """Candidates of one neuron of ``layer``: ``n_in * (1 + k_in) + 1``."""
+    """Candidates of one merger list of ``layer``: ``n_in * (1 + k_in) + 1`` (layer 0: its one
+    list ``L*``, ``n_in + 1``)."""
     k_in = 0 if layer == 0 else config.registers(layer - 1)
     return config.net[layer] * (1 + k_in) + 1
+
+
+def lists_per_layer(config: Config, layer: int) -> int:
+    """Merger lists of ``layer`` in a step: 1 for layer 0 (``L*``), else ``n_out``."""
+    return 1 if layer == 0 else config.net[layer + 1]
 
 
 def step_counts(case: StepCase, candidates: int | None = None) -> dict:
     """MERGE_BUSY and MUL_BUSY of the step, from the structure and the reference.
 
     ``MERGE_BUSY`` counts the cycles in which an active lane's merger takes a candidate; the
-    lanes take each one in the same cycle, so that is every candidate,
-    ``sum_l n_out_l * (n_in_l * (1 + k_in_l) + 1)``.  ``MUL_BUSY`` counts the cycles the lane
-    multipliers work: every non-bias candidate of the forward pass, plus, in the loss pass
+    lanes take each one in the same cycle, so that is every candidate, ``n_in_0 + 1`` (layer
+    0's ``L*``) ``+ sum_{l>=1} n_out_l * (n_in_l * (1 + k_in_l) + 1)``.  ``MUL_BUSY`` counts
+    the cycles the lane multipliers work: every non-bias candidate of layers ``>= 1`` (layer
+    0's products are the Layer0Unit's), plus, in the loss pass
     (all lanes at once, one (output, register slot) per cycle), each slot where some active
     sample holds a non-empty register (none when the update is ``none``, which skips the delta).
 
@@ -326,10 +346,10 @@ def step_counts(case: StepCase, candidates: int | None = None) -> dict:
     the loss pass's products.
     """
     cfg = case.config
-    cands = sum(cfg.net[l + 1] * candidates_per_list(cfg, l) for l in range(cfg.n_layers))
+    cands = sum(lists_per_layer(cfg, l) * candidates_per_list(cfg, l) for l in range(cfg.n_layers))
     if candidates is not None:
         cands = candidates
-    biases = sum(cfg.net[1:])
+    biases = candidates_per_list(cfg, 0) + sum(cfg.net[2:])     # L* and the layers >= 1's biases
     delta_products = 0
     if case.update != "none":
         gv = case.trace.forward.grad_val[:case.batch_n]
@@ -355,31 +375,75 @@ def merger_latency(config: Config) -> int:
 def forward_slots(config: Config, lengths=None) -> list:
     """The forward pass's issue slots in order, one ``(list, last, dep, layer, i, r)`` per slot.
 
-    ``list`` numbers the neurons of every layer in issue order (the merger's lists), ``last``
-    marks the bias slot that closes one, and ``dep`` is the list whose write-back the slot
-    waits for (the neuron of the layer before that is the slot's input ``i``; None in
-    layer 0 and for the bias); ``r`` is 0 for the new entry (and the bias, ``i = n_in``) and
-    ``1 .. k_in`` for the register slots.  ``lengths`` (optional) gives the register slots
-    issued per block (``{(list, i): issued}``, default all ``k_in``): the blocks of layer 1
-    the engine ended early.
+    ``list`` numbers the merger's lists in issue order: 0 is layer 0's ``L*`` (one list per
+    step, ``n_in + 1`` slots), then the neurons of layers ``>= 1``; ``last`` marks the bias
+    slot that closes one, and ``dep`` is the write-back the slot waits for, ``(layer - 1,
+    i)`` (neuron ``i`` of the layer before; None in layer 0 and for the bias); ``r`` is 0 for
+    the new entry (and the bias, ``i = n_in``) and ``1 .. k_in`` for the register slots.
+    ``lengths`` (optional) gives the register slots issued per block (``{(list, i):
+    issued}``, default all ``k_in``): the blocks of layer 1 the engine ended early.
     """
-    slots = []
-    n = 0
-    first_prev = 0
-    for l in range(config.n_layers):
+    slots = [(0, False, None, 0, i, 0) for i in range(config.net[0])]
+    slots.append((0, True, None, 0, config.net[0], 0))
+    n = 1
+    for l in range(1, config.n_layers):
         n_in, n_out = config.net[l], config.net[l + 1]
-        k_in = 0 if l == 0 else config.registers(l - 1)
-        first = n
+        k_in = config.registers(l - 1)
         for j in range(n_out):
             for i in range(n_in):
-                dep = None if l == 0 else first_prev + i
                 regs = k_in if lengths is None else lengths.get((n, i), k_in)
-                slots.append((n, False, dep, l, i, 0))
+                slots.append((n, False, (l - 1, i), l, i, 0))
                 slots.extend((n, False, None, l, i, r) for r in range(1, regs + 1))
             slots.append((n, True, None, l, n_in, 0))
             n += 1
-        first_prev = first
     return slots
+
+
+def layer0_z_times(config: Config, a_times) -> list:
+    """Cycles in which the engine takes layer 0's ``z_j`` from the
+    :class:`~dpfm.rtl.layer0.Layer0Unit` (``j = 0 .. n_out - 1``), its ``start`` at cycle -1.
+
+    ``a_times[i]``: the cycle of input ``i``'s handshake.  The unit (docs/layer0.md) reads
+    its ``nb`` bias words and primes its window, then issues chunk ``c`` of a neuron once the
+    inputs of chunks ``0 .. c`` are in (one cycle after the handshake of the chunk's last
+    input) and a neuron's first chunk only while fewer than ``fifo_depth`` neurons are
+    between their first chunk and their take; ``z_j`` is readable ``D + 6`` cycles after its
+    last chunk, and at the earliest the cycle after ``z_{j-1}``'s take (the FIFO); the engine
+    takes it when readable and at least ``C_ds`` (:func:`dual_scale_ii`) cycles after the
+    take before.
+    """
+    from dpfm.rtl.layer0 import Layer0Unit, engine_layer0_shape
+    M0, D = engine_layer0_shape(config)
+    unit = Layer0Unit(config, word=M0, mults=D)
+    n_in, n_out = config.net[0], config.net[1]
+    C, F = unit.chunks, unit.fifo_depth
+    boff0 = config.offsets[0] + n_out * n_in
+    nb = (boff0 + n_out - 1) // M0 - boff0 // M0 + 1
+    ready = [a_times[min(n_in, (c + 1) * D) - 1] + 1 for c in range(C)]   # words_in > c from
+    C_ds = dual_scale_ii(config)
+    j = c = 0
+    firsts, lasts, takes = [], [], []
+    pace_free = 0
+    cycle = nb + 1                     # the first cycle of the DOT state
+    while len(takes) < n_out:
+        if j < n_out and ready[c] <= cycle:
+            inflight = len(firsts) - len(takes)
+            if c or inflight < F:
+                if c == 0:
+                    firsts.append(cycle)
+                if c == C - 1:
+                    lasts.append(cycle)
+                    j, c = j + 1, 0
+                else:
+                    c += 1
+        nt = len(takes)
+        if nt < len(lasts):
+            avail = max(lasts[nt] + unit.latency, takes[-1] + 1 if takes else 0)
+            if cycle >= avail and cycle >= pace_free:
+                takes.append(cycle)
+                pace_free = cycle + C_ds
+        cycle += 1
+    return takes
 
 
 def forward_cycles(config: Config, lengths=None) -> tuple[int, int]:
@@ -405,6 +469,12 @@ def forward_cycles(config: Config, lengths=None) -> tuple[int, int]:
     load + 1)``, takes them ``C_ds - 1`` cycles later (``t = s + C_ds - 1``) and writes back
     ``SCALE_LATENCY`` cycles after that.
 
+    Layer 0: its slots hand input ``i`` to the Layer0Unit one cycle after their issue;
+    :func:`layer0_z_times` gives the takes of ``z_j``, offered to the activation unit the
+    cycle after (``o_b``); ``L*`` is taken from the merger's output register as soon as
+    offered, and neuron ``j``'s list is offered to the DualScale from the cycle after that
+    take (``j = 0``) or after the DualScale took neuron ``j - 1``'s.
+
     FWD lasts until the last slot's issue; FWD_WAIT until the last write-back is counted (and
     the delta banks are clear, ``n_params`` cycles from the start), plus the cycle that sees it.
     The function steps through the cycles of this schedule (no data involved).
@@ -413,7 +483,15 @@ def forward_cycles(config: Config, lengths=None) -> tuple[int, int]:
     C_ds = dual_scale_ii(config)
     L_m = merger_latency(config)
     assert L_m >= 2, "the schedule assumes a pipelined merger"
-    wb = {}                           # list -> cycle of its write-back
+    n_in0, n_out0 = config.net[0], config.net[1]
+    # layer 0's slots issue in cycles 0 .. n_in0 (nothing stalls them): input i at i + 1
+    z_takes = layer0_z_times(config, [i + 1 for i in range(n_in0)])
+    keys = {}                         # merger list -> (layer, neuron) it writes back
+    for lst, last, _, layer, _, _ in slots:
+        if last and lst:
+            keys[lst] = (layer, len([k for k in keys.values() if k[0] == layer]))
+    n_wb = sum(config.net[1:])
+    wb = {}                           # (layer, neuron) -> cycle of its write-back
     pipe = [None] * ISSUE_DEPTH       # slots in stages 1 .. ISSUE_DEPTH (the merger's input)
     stages = [None] * (L_m - 1)       # the merger's stages after its input register
     offered_bias = {}
@@ -421,7 +499,7 @@ def forward_cycles(config: Config, lengths=None) -> tuple[int, int]:
     g = 0
     cycle = 0
     fwd = None
-    while fwd is None or len(wb) <= slots[-1][0]:
+    while fwd is None or len(wb) < n_wb:
         head = pipe[-1]
         if head is not None and head[1] and head[0] not in offered_bias:
             offered_bias[head[0]] = cycle          # the activation unit takes z now
@@ -432,11 +510,20 @@ def forward_cycles(config: Config, lengths=None) -> tuple[int, int]:
         refuse = stages[-1] is not None and stages[-1][1] and not out_free
         if not refuse:
             moving = stages[-1]
-            if moving is not None and moving[1]:
+            if moving is not None and moving[1] and moving[0] == 0:
+                # L*: the Layer0Unit takes it when offered; the layer-0 write-backs follow
+                out_list, out_take = 0, cycle + 1
+                t = None
+                for jj in range(n_out0):
+                    s = max(z_takes[jj] + 1 + ACT_LATENCY + AFIFO_LATENCY,
+                            cycle + 2 if t is None else t + 1)
+                    t = s + C_ds - 1
+                    wb[(0, jj)] = t + SCALE_LATENCY
+            elif moving is not None and moving[1]:
                 n = moving[0]
                 s = max(offered_bias[n] + ACT_LATENCY + AFIFO_LATENCY, cycle + 1)
                 out_list, out_take = n, s + C_ds - 1
-                wb[n] = out_take + SCALE_LATENCY
+                wb[keys[n]] = out_take + SCALE_LATENCY
             stages = [head] + stages[:-1]
         if not (refuse and head is not None):      # no stall: the issue pipeline moves
             issue = None
