@@ -288,7 +288,7 @@ class Engine(wiring.Component):
         n0 = cfg.offsets[0] + net[1] * (n_in0 + 1)    # W then b of layer 0
         assert cfg.offsets[0] == 0
         n_words0 = -(-n0 // M0)
-        m.submodules.l0 = l0 = Layer0Unit(cfg, word=M0, mults=D0)
+        m.submodules.l0 = l0 = Layer0Unit(cfg, word=M0, mults=D0, lists=False)
         m.submodules.w0mem = w0mem = Memory(shape=unsigned(M0 * wshape.width), depth=n_words0, init=[])
         w0_wr = w0mem.write_port(granularity=wshape.width)
         w0_rd = w0mem.read_port(transparent_for=())
@@ -444,6 +444,9 @@ class Engine(wiring.Component):
         act1 = Signal(2); act2 = Signal(2); act3 = Signal(2)    # the slot's activation code
         v1 = Signal(); kind1 = Signal(2); rr1 = Signal(16); idxn1 = Signal(24); idxb1 = Signal(24)
         v2 = Signal(); kind2 = Signal(2)
+        # the slot reads layer 0's outputs (layer 1): their lists' indices are renamed, input
+        # i of layer 0 to W[i, input] = i * n_in0 + input, the bias entry to b[i] = boff0 + i
+        ren1 = Signal(); renw1 = Signal(cfg.idx_bits); renb1 = Signal(cfg.idx_bits)
         v3 = Signal(); kind3 = Signal(2)
         # early block end (layer 1): the slot is a register slot of layer 1 (``sk``) and
         # ``rn`` = its r + ISSUE_DEPTH, the FSM's r when its rejection (formed in stage 3,
@@ -487,7 +490,9 @@ class Engine(wiring.Component):
             m.d.sync += pace.eq(C_ds - 1)
         with m.Elif(pace != 0):
             m.d.sync += pace.eq(pace - 1)
-        l0_loaded = Signal(B)      # per lane: the merger's first list of the step (L*) is taken
+        # per lane: layer-0 neurons the DualScale join has taken; the merger's output register
+        # holds L* for all of them and lets it go with the last
+        l0_joins = [Signal(range(net[1] + 1), name=f"l0_joins{s}") for s in range(B)]
 
         # block probe (layer 1): a second pipeline reads W[j, p] and input p's largest
         # register g_0 a few blocks ahead of the issue (second read ports of W and of the
@@ -520,6 +525,9 @@ class Engine(wiring.Component):
             sel = rr1[:max(1, (K - 1).bit_length())]
             g1 = entry_layout(cfg)(_select(regs1, sel, entry_layout(cfg).size, K))
             lane_g1.append(g1)
+            # layer 0's lists are L* (indices i and n_in): renamed for neuron i of layer 0
+            gidx1 = Signal(cfg.idx_bits, name=f"gidx1_{s}")
+            m.d.comb += gidx1.eq(Mux(ren1, Mux(g1.idx == n_in0, renb1, renw1 + g1.idx), g1.idx))
             # stage 2 registers
             opa2 = Signal(wshape); opb2 = Signal(vshape if fm.value.bits >= fm.grad.bits else gshape)
             cidx2 = Signal(cfg.idx_bits)
@@ -534,7 +542,7 @@ class Engine(wiring.Component):
                 m.d.sync += [
                     opa2.eq(w_rd.data),
                     opb2.eq(Mux(kind1 == KIND_NEW, a1, g1.val)),
-                    cidx2.eq(Mux(kind1 == KIND_NEW, idxn1, Mux(kind1 == KIND_REG, g1.idx, idxb1))),
+                    cidx2.eq(Mux(kind1 == KIND_NEW, idxn1, Mux(kind1 == KIND_REG, gidx1, idxb1))),
                     anew2.eq(a1),
                     b2.eq(w_rd.data),
                     prod3.eq(opa2 * opb2),
@@ -596,24 +604,22 @@ class Engine(wiring.Component):
             ]
             a_f = af.r_data[:fm.value.bits].as_signed()
             d_f = af.r_data[fm.value.bits:].as_signed()
-            # the merger's first list of a step is L* (to the Layer0Unit); the lane's layer-0
-            # neurons take their lists from the unit, the later ones from the merger
-            lst0, regs0 = l0.lists[s], l0.regs[s]
-            in_l0 = wls[s] == 0
-            m.d.comb += [lst0.valid.eq(mg.o.valid & ~l0_loaded[s]), lst0.payload.eq(mg.o.payload)]
-            with m.If(lst0.valid & lst0.ready):
-                m.d.sync += l0_loaded[s].eq(1)
-            list_valid = Mux(in_l0, regs0.valid, mg.o.valid & l0_loaded[s])
-            join = af.r_rdy & list_valid & vf.w_rdy
+            # the merger's first list of a step is L*: every layer-0 neuron's list, with
+            # indices i (input) and n_in (bias) that the readers rename (layer 1's register
+            # slots; the loss pass of a one-layer net); the output register keeps it until
+            # the last layer-0 neuron's join
+            join = af.r_rdy & mg.o.valid & vf.w_rdy
             take = ds.i.ready & af.r_rdy & vf.w_rdy
+            release = l0_joins[s] >= net[1] - 1
+            with m.If(join & ds.i.ready & ~(l0_joins[s] == net[1])):
+                m.d.sync += l0_joins[s].eq(l0_joins[s] + 1)
             m.d.comb += [
                 ds.i.valid.eq(join),
                 ds.i.payload.value.eq(0),
-                ds.i.payload.grads.eq(Mux(in_l0, regs0.payload.as_value(), mg.o.payload.as_value())),
+                ds.i.payload.grads.eq(mg.o.payload),
                 ds.i.payload.scalar.eq(d_f),
-                regs0.ready.eq(in_l0 & take),
-                mg.o.ready.eq(Mux(l0_loaded[s], ~in_l0 & take, lst0.ready)),
-                af.r_en.eq(ds.i.ready & list_valid & vf.w_rdy),
+                mg.o.ready.eq(take & release),
+                af.r_en.eq(ds.i.ready & mg.o.valid & vf.w_rdy),
                 vf.w_en.eq(join & ds.i.ready),
                 vf.w_data.eq(a_f),
                 ds.o.ready.eq(1),
@@ -702,6 +708,7 @@ class Engine(wiring.Component):
                 idxn1.eq(wbase + i),
                 # layer 0 streams L* once: input i is index i, the bias index n_in
                 idxb1.eq(Mux(layer == 0, n_in0, t_boff[layer] + j)),
+                ren1.eq(layer == 1), renw1.eq(offs[0] + i * n_in0), renb1.eq(offs[0] + net[1] * n_in0 + i),
                 v2.eq(v1), kind2.eq(kind1),
                 v3.eq(v2), kind3.eq(kind2),
             ]
@@ -715,11 +722,14 @@ class Engine(wiring.Component):
         # ---------------------------------------------------------------- loss / delta datapath
         # every lane at once: e = sat(y' - y); bank_s[idx] += e * g; loss += sum_s e**2 (the
         # sum over the lanes is a pipelined adder tree, lane_sum_stages(B) register stages)
-        lv1 = Signal(); lr1 = Signal(16); lsq2 = Signal(); lsq3 = Signal()
+        lv1 = Signal(); lr1 = Signal(16); lo1 = Signal(16); lsq2 = Signal(); lsq3 = Signal()
         lv2 = Signal(B); lv3 = Signal(B); lv4 = Signal(B)
         sq_terms = []
         for s in range(B):
             g_l = lane_g1[s]            # the forward's register select, rr1 = lr1 in this phase
+            loss_idx = g_l.idx
+            if L == 1:                  # the outputs are layer 0's: L* renamed for output lo1
+                loss_idx = Mux(g_l.idx == n_in0, offs[0] + net[1] * n_in0 + lo1, offs[0] + lo1 * n_in0 + g_l.idx)
             e_l, esat_l = saturate(vmem_rd[s].data - smem_rd[s].data, fm.value)
             e2 = Signal(vshape, name=f"e2_{s}"); g2 = Signal(gshape, name=f"g2_{s}")
             gi2 = Signal(cfg.idx_bits, name=f"gi2_{s}")
@@ -729,14 +739,14 @@ class Engine(wiring.Component):
             dprod4 = Signal.like(dprod3, name=f"dprod4_{s}"); gi4 = Signal(cfg.idx_bits, name=f"gi4_{s}")
             m.d.sync += [
                 lv2[s].eq(lv1 & lane_active[s] & (g_l.val != 0) & (update != UPDATE["none"])),
-                e2.eq(e_l), g2.eq(g_l.val), gi2.eq(g_l.idx),
+                e2.eq(e_l), g2.eq(g_l.val), gi2.eq(loss_idx),
                 lv3[s].eq(lv2[s]), dprod3.eq(e2 * g2), sq3.eq(Mux(lane_active[s], e2 * e2, 0)), gi3.eq(gi2),
                 lv4[s].eq(lv3[s]), dprod4.eq(dprod3), gi4.eq(gi3),
             ]
             flag_terms.append((lv1 & lane_active[s] & (lr1 == 0) & esat_l) << FLAGS["sat_value"])
             sq_terms.append(sq3)
             d_delta_ports.append((gi3, gi4, dprod4))
-        m.d.sync += [lv1.eq(loss_issue), lr1.eq(lr), lsq2.eq(lv1 & (lr1 == 0)), lsq3.eq(lsq2)]
+        m.d.sync += [lv1.eq(loss_issue), lr1.eq(lr), lo1.eq(lo), lsq2.eq(lv1 & (lr1 == 0)), lsq3.eq(lsq2)]
         T = lane_sum_stages(B)
         sq_sum = pipelined_sum(m, sq_terms, "sq_sum")
         lsq = [lsq3]                       # lsq[t]: sq_sum holds a valid sum after t stages
@@ -844,7 +854,8 @@ class Engine(wiring.Component):
                                      r.eq(0), wbase.eq(offs[0]), clr.eq(0)]
                         m.d.sync += [f.eq(0) for f in fins]
                         m.d.sync += [wl.eq(0) for wl in wls]
-                        m.d.sync += [l0_loaded.eq(0), rej.eq(0), pp.eq(0)]
+                        m.d.sync += [rej.eq(0), pp.eq(0)]
+                        m.d.sync += [c_.eq(0) for c_ in l0_joins]
                         m.d.sync += [p_.eq(0) for p_ in pend]
                         m.d.comb += l0.start.eq(1)
                         m.next = "FWD"

@@ -102,6 +102,11 @@ class Layer0Unit(wiring.Component):
     mults : int, optional
         ``D``, multipliers per lane (DSP48E1, one ``value x weight`` product each), a power
         of two ``<= word``; ``word`` by default.
+    lists : bool, optional
+        With the list part (default): the members ``lists`` and ``regs`` below.  Without it
+        (the engine's use: the lane's merger holds ``L*`` for every neuron and the readers
+        rename its indices) the unit forms only ``z``, and ``busy`` ends with the last
+        transfer on ``z``.
 
     Members
     -------
@@ -173,7 +178,8 @@ class Layer0Unit(wiring.Component):
     bias entry) at every transfer on ``regs[s]``.
     """
 
-    def __init__(self, config: Config, *, word: int = 8, mults: int | None = None):
+    def __init__(self, config: Config, *, word: int = 8, mults: int | None = None,
+                 lists: bool = True):
         if not isinstance(config, Config):
             raise TypeError(f"Layer0Unit needs a dpfm.config.Config, not {config!r}")
         if mults is None:
@@ -204,17 +210,20 @@ class Layer0Unit(wiring.Component):
         self._fifo_depth = max(2, -(-(C + self._latency + 1) // C))
         words = -(-config.n_params // word)
         B = config.batch
-        super().__init__({
+        self._lists = bool(lists)
+        members = {
             "start": In(1),
             "busy": Out(1),
             "a": In(stream.Signature(data.ArrayLayout(signed(fm.value.bits), B))),
-            "lists": In(stream.Signature(registers_layout(config))).array(B),
             "w_addr": Out(range(max(2, words))),
             "w_en": Out(1),
             "w_data": In(word * fm.weight.bits),
             "z": Out(stream.Signature(data.ArrayLayout(lane_z_layout(config), B))),
-            "regs": Out(stream.Signature(registers_layout(config))).array(B),
-        })
+        }
+        if self._lists:
+            members["lists"] = In(stream.Signature(registers_layout(config))).array(B)
+            members["regs"] = Out(stream.Signature(registers_layout(config))).array(B)
+        super().__init__(members)
 
     @property
     def config(self) -> Config:
@@ -437,6 +446,8 @@ class Layer0Unit(wiring.Component):
             z, zsat = saturate(round_shift(acc, fw), fm.value)
             z_parts.append(Cat(z, zsat))
 
+            if not self._lists:
+                continue
             # L*: loaded with neuron 0's indices, stepped at every transfer on regs[s]
             lst, ro = self.lists[s], self.regs[s]
             regs = ro.payload
@@ -461,7 +472,7 @@ class Layer0Unit(wiring.Component):
                 for t in range(K):
                     m.d.sync += regs[t].idx.eq(regs[t].idx + Mux(isb[t], Const(1, ib), Const(n_in, ib)))
 
-        m.d.comb += [zf.w_en.eq(z_v), zf.w_data.eq(Cat(*z_parts)), regs_end.eq(Cat(*r_end).all())]
+        m.d.comb += [zf.w_en.eq(z_v), zf.w_data.eq(Cat(*z_parts)), regs_end.eq(Cat(*r_end).all() if r_end else 1)]
         m.d.comb += [
             self.z.valid.eq(zf.r_rdy & self.busy),
             o_take.eq(self.z.valid & self.z.ready),

@@ -163,7 +163,10 @@ def expected_streams(case: StepCase, lane: int = 0) -> dict:
     the :class:`~dpfm.rtl.layer0.Layer0Unit`'s ``L*``: ``(i, new_entry(a_i))`` for every input
     ``i``, then ``(n_in, one)``; the merger's first list is ``L*``, the reference's list of
     neuron 0 with ``W[0, i]``'s index renamed ``i`` and ``b[0]``'s ``n_in`` (every neuron's
-    list is ``L*`` renamed: the same values, in the same order).
+    list is ``L*`` renamed: the same values, in the same order).  The engine keeps layer 0's
+    lists in ``L*``'s indices (the DualScale's input and output for layer-0 neuron ``j``
+    carry ``i`` and ``n_in``; layer 1's register slots and a one-layer net's loss pass rename
+    them), so the expected ``merged``/``scale_*`` items of layer 0 carry those.
     """
     cfg = case.config
     fmt = cfg.formats
@@ -180,10 +183,8 @@ def expected_streams(case: StepCase, lane: int = 0) -> dict:
         if l == 0:
             out["cand"] += [{"idx": i, "val": int(new_val[i]), "last": 0} for i in range(n_in)]
             out["cand"].append({"idx": n_in, "val": int(one_g), "last": 1})
-            boff = off + n_out * n_in
-            out["merged"].append({"regs": [(None if idx is None else n_in if idx == boff else idx - off, v)
-                                           for idx, v in _registers(tr.merged_idx[lane, 0],
-                                                                    tr.merged_val[lane, 0], K)]})
+            out["merged"].append({"regs": _l0_names(_registers(tr.merged_idx[lane, 0],
+                                                               tr.merged_val[lane, 0], K), cfg, 0)})
         for j in range(n_out):
             for i in range(n_in if l else 0):
                 out["cand"].append({"idx": off + j * n_in + i, "val": int(new_val[i]), "last": 0})
@@ -197,6 +198,8 @@ def expected_streams(case: StepCase, lane: int = 0) -> dict:
                         out["cand"].append(item)
             merged = _registers(tr.merged_idx[lane, j], tr.merged_val[lane, j], K)
             scaled = _registers(tr.grad_idx[lane, j], tr.grad_val[lane, j], K)
+            if l == 0:                 # the engine keeps layer 0's lists as L* (renamed on read)
+                merged, scaled = _l0_names(merged, cfg, j), _l0_names(scaled, cfg, j)
             if l:
                 out["cand"].append({"idx": off + n_out * n_in + j, "val": int(one_g), "last": 1})
                 out["merged"].append({"regs": merged})
@@ -205,6 +208,15 @@ def expected_streams(case: StepCase, lane: int = 0) -> dict:
             out["scale_in"].append({"regs": merged, "scalar": int(tr.d[lane, j])})
             out["scale_out"].append({"regs": scaled})
     return out
+
+
+def _l0_names(regs, config: Config, j: int) -> list:
+    """Registers of layer-0 neuron ``j`` with ``L*``'s indices: ``W[j, i]`` -> ``i``, ``b[j]``
+    -> ``n_in`` (what the engine holds; layer 1 and the loss pass rename them back)."""
+    off, n_in = config.offsets[0], config.net[0]
+    boff = off + config.net[1] * n_in
+    return [(None if idx is None else n_in if idx == boff + j else idx - off - j * n_in, v)
+            for idx, v in regs]
 
 
 def _registers(idx, val, K):
