@@ -279,13 +279,13 @@ def _run_hypothesis(name, examples):
 
 @pytest.mark.parametrize("name", list(UNITS))
 def test_unit_matches_reference(name):
-    _run_hypothesis(name, UNITS[name][3])
+    _run_hypothesis(name, 2 * UNITS[name][3])
 
 
 @pytest.mark.soak
 @pytest.mark.parametrize("name", list(UNITS))
 def test_unit_matches_reference_soak(name):
-    _run_hypothesis(name, 10 * UNITS[name][3])
+    _run_hypothesis(name, 20 * UNITS[name][3])
 
 
 # -- directed cases -------------------------------------------------------------------
@@ -514,3 +514,21 @@ def test_verilator_lint_clean(tmp_path):
     remaining = synth.lint(SelectionUnit(config, width=width, contexts=contexts),
                            "selection_unit", tmp_path)
     assert remaining == [], "\n".join(remaining)
+
+
+def test_synth_builds_the_select_block(capsys):
+    """``dpfm synth --block select`` sizes the unit from --select-width/--contexts; those
+    options are refused for other blocks (exit 2, one line)."""
+    from dpfm.rtl import synth
+
+    unit = synth.build_block("select", Config(k=16), select_width=8, contexts=3)
+    assert isinstance(unit, SelectionUnit) and (unit.width, unit.contexts) == (8, 3)
+    unit = synth.build_block("select", Config(k=16))
+    assert (unit.width, unit.contexts) == (synth.SELECT_DEFAULTS["width"],
+                                           synth.SELECT_DEFAULTS["contexts"])
+    assert synth.main(["--block", "topk", "--k", "4", "--contexts", "2"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "apply to --block select only" in err, err
+    assert synth.main(["--block", "select", "--k", "4", "--select-width", "8"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "power of two in 1..4" in err, err
