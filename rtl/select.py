@@ -201,9 +201,11 @@ class SelectionUnit(wiring.Component):
     that follows directly waits :attr:`hazard_window` cycles.  Latency: a ``last`` block's
     list is registered on ``o`` (``o.valid`` rises) ``S + 1`` clock edges after the block's
     handshake, and transfers at the next edge when ``o.ready``: :attr:`latency` ``= S + 2``
-    (the convention of :attr:`dpfm.rtl.topk.TopKMerger.latency`).  The output register holds one list; while it is
-    held (``o.valid`` and not ``o.ready``) and a ``last`` block reaches the final register,
-    the whole pipeline and ``i.ready`` hold.  ``i.ready`` depends combinationally on
+    (the convention of :attr:`dpfm.rtl.topk.TopKMerger.latency`); a block's running list is
+    written back ``S + 1`` edges after its handshake.  At ``k = 16``: ``S`` = 8, 11, 15 and
+    ``hazard_window`` = 5 for ``B`` = 4, 8, 16.  The output register holds one list; while
+    it is held (``o.valid`` and not ``o.ready``) and a ``last`` block reaches the final
+    register, the whole pipeline and ``i.ready`` hold.  ``i.ready`` depends combinationally on
     ``o.ready``, on ``i.payload.ctx`` and ``i.payload.first`` (the hazard compare) and on
     registers, never on ``i.valid``.
 
@@ -211,7 +213,11 @@ class SelectionUnit(wiring.Component):
     ``K log2 K / 2`` merge cells, each a ``bits + idx_bits`` compare and ``2 (bits +
     idx_bits + 1)`` multiplexer bits; a pipeline register of ``B`` or ``K`` entries per
     stage; the running lists in ``k (bits + idx_bits + 1) / 6`` RAM32M (4 LUT each, up to
-    32 contexts); ``B`` negations in, ``k`` out.
+    32 contexts); ``B`` negations in, ``k`` out.  By the Yosys estimate (k=16, idx 12 bits,
+    grad 18 bits, C=10; docs/select.md): 4,487, 6,131 and 11,052 LUT at ``B`` = 4, 8, 16
+    (1,122, 766 and 691 LUT per candidate per cycle; TopKMerger: 2,460 for one), no DSP or
+    block RAM, and by the timing ESTIMATE (:mod:`dpfm.rtl.timing`) a worst path of 6.6 ns
+    at every ``B``: the LUT-RAM read, the max level's key compare and its multiplexer.
     """
 
     def __init__(self, config: Config, *, width: int, contexts: int, stage_levels: int = 1):
