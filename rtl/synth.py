@@ -1,6 +1,6 @@
 """Resource estimates for the xc7z020 with Yosys ``synth_xilinx``, and Verilator lint.
 
-``dpfm synth --block dual_scale|topk|activation|run|update|layer0|engine --k K [--lanes L] [--net N,N,..] [--batch B] [--timing] --json out.json``
+``dpfm synth --block dual_scale|topk|select|activation|run|update|layer0|engine --k K [--lanes L] [--net N,N,..] [--batch B] [--select-width W] [--contexts C] [--timing] --json out.json``
 synthesises one block as its own top level (no I/O buffers) and reports LUT, FF, DSP48E1,
 block RAM, carry chains and ``soft_mul``: the multiplies that Yosys' DSP mapping left to the
 fabric. Utilisation is against the XC7Z020 (PYNQ-Z2): 53,200 LUT, 106,400 FF, 220 DSP48E1,
@@ -40,7 +40,7 @@ __all__ = ["DEVICE", "BLOCKS", "estimate", "parse_log", "yosys_script", "lint", 
 DEVICE = {"part": "xc7z020", "LUT": 53200, "FF": 106400, "DSP48E1": 220, "BRAM36": 140}
 
 #: Blocks that ``dpfm synth`` can build.
-BLOCKS = ("dual_scale", "topk", "activation", "run", "update", "layer0", "engine")
+BLOCKS = ("dual_scale", "topk", "select", "activation", "run", "update", "layer0", "engine")
 
 #: LUTs per cell for the cells that occupy LUTs (logic, shift registers, distributed RAM).
 LUT_CELLS = {
@@ -272,8 +272,26 @@ class UsageError(Exception):
     """A request ``dpfm synth`` cannot build (exit status 2)."""
 
 
-def build_block(block: str, config):
-    """The component of ``block`` for ``config``; UsageError for an unknown block."""
+#: Defaults of the ``select`` block's options: candidates per block, contexts.
+SELECT_DEFAULTS = {"width": 4, "contexts": 10}
+
+
+def build_block(block: str, config, *, select_width: int | None = None,
+                contexts: int | None = None):
+    """The component of ``block`` for ``config``; UsageError for an unknown block.
+
+    ``select_width`` and ``contexts`` size the ``select`` block (:class:`SelectionUnit`;
+    defaults :data:`SELECT_DEFAULTS`) and are refused for any other block.
+    """
+    if block != "select" and (select_width is not None or contexts is not None):
+        raise UsageError(f"--select-width and --contexts apply to --block select only, "
+                         f"not {block!r}")
+    if block == "select":
+        from .select import SelectionUnit
+        return SelectionUnit(
+            config,
+            width=SELECT_DEFAULTS["width"] if select_width is None else select_width,
+            contexts=SELECT_DEFAULTS["contexts"] if contexts is None else contexts)
     if block == "dual_scale":
         from .dual_scale import DualScale
         return DualScale(config)
@@ -324,6 +342,11 @@ def main(argv=None) -> int:
                    help="layer widths, inputs first (default: the Config's, the seed net 4,5,5,1); "
                         "hidden layers sigmoid, the last linear")
     p.add_argument("--batch", type=int, default=None, help="sample lanes (default: the Config's)")
+    p.add_argument("--select-width", type=int, default=None,
+                   help="--block select: candidates per block, a power of two <= k rounded up "
+                        f"(default {SELECT_DEFAULTS['width']})")
+    p.add_argument("--contexts", type=int, default=None,
+                   help=f"--block select: running lists kept (default {SELECT_DEFAULTS['contexts']})")
     p.add_argument("--json", metavar="PATH", help="write the estimate here (atomically)")
     p.add_argument("--workdir", metavar="DIR",
                    help="folder for the Verilog, script and log (default build/synth/<block>-k<K>-l<L>)")
@@ -348,12 +371,15 @@ def main(argv=None) -> int:
             changes["net"] = net
             changes["activations"] = ("sigmoid",) * (len(net) - 2) + ("linear",)
         config = Config(**changes)
-        component = build_block(args.block, config)
+        component = build_block(args.block, config, select_width=args.select_width,
+                                contexts=args.contexts)
     except (ConfigError, UsageError, ValueError, TypeError) as exc:
         print(f"dpfm synth: {exc}", file=sys.stderr)
         return 2
     tag = "" if args.net is None and args.batch is None else \
         f"-n{'_'.join(map(str, config.net))}-b{config.batch}"
+    if args.block == "select":
+        tag += f"-w{component.width}-c{component.contexts}"
     workdir = Path(args.workdir or Path("build") / "synth" / f"{args.block}-k{config.k}-l{config.lanes}{tag}")
     top = f"dpfm_{args.block}"
     try:
@@ -362,6 +388,9 @@ def main(argv=None) -> int:
         print(f"dpfm synth: {exc}", file=sys.stderr)
         return 1
     row = {"block": args.block, "k": config.k, "lanes": config.lanes, **res}
+    if args.block == "select":
+        row.update(select_width=component.width, contexts=component.contexts,
+                   stages=component.stages)
     print(format_table([row]))
     if res["soft_mul"]:
         print(f"warning: {res['soft_mul']} multiplies are not on a DSP48E1", file=sys.stderr)
