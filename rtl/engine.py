@@ -685,8 +685,12 @@ class Engine(wiring.Component):
         m.d.sync += [pv[0].eq(probing), pi_[0].eq(p_t), pj_[0].eq(j)]
         for t in range(1, 4):
             m.d.sync += [pv[t].eq(pv[t - 1]), pi_[t].eq(pi_[t - 1]), pj_[t].eq(pj_[t - 1])]
-        m.d.sync += verdict4.eq(pv[2] & Cat(~lane_active[s] | (probe_reject[s] & (pend[s] == 0))
-                                            for s in range(B)).all())
+        # each lane's verdict registered (the compare's carry chains end there), the AND
+        # over the lanes in the next cycle, with the bit's decode
+        lane_verdict4 = Signal(B)
+        m.d.sync += lane_verdict4.eq(Cat(~lane_active[s] | (probe_reject[s] & (pend[s] == 0))
+                                         for s in range(B)))
+        m.d.comb += verdict4.eq(lane_verdict4.all())
         with m.If(probing):
             m.d.sync += pp.eq(p_t + 1)
         with m.If(bias_issue):
