@@ -23,7 +23,7 @@ from dpfm.config import Config
 from .fixmath import round_shift, saturate
 from .layouts import registers_layout
 
-__all__ = ["Layer0Unit", "lane_z_layout", "engine_layer0_shape", "DSP_P_BITS", "MAX_MULTS",
+__all__ = ["Layer0Unit", "lane_z_layout", "engine_layer0_shape", "layer0_timing", "DSP_P_BITS", "MAX_MULTS",
            "DSP_BUDGET"]
 
 #: Width of a DSP48E1's post-adder (the ``P`` register): the chain's sums must fit it.
@@ -52,6 +52,15 @@ def lane_z_layout(config: Config) -> data.StructLayout:
         clamped (the reference counts a value saturation).
     """
     return data.StructLayout({"z": signed(config.formats.value.bits), "zsat": 1})
+
+
+def layer0_timing(config: Config, mults: int) -> tuple[int, int, int]:
+    """``(C, latency, fifo_depth)`` of a :class:`Layer0Unit` with ``D = mults``: chunks per
+    neuron ``ceil(n_in / D)``, ``D + 6`` cycles from a neuron's last chunk to its ``z``, and
+    the neurons its output FIFO holds, ``max(2, ceil((C + latency + 1) / C))``."""
+    chunks = -(-config.net[0] // mults)
+    latency = mults + 6
+    return chunks, latency, max(2, -(-(chunks + latency + 1) // chunks))
 
 
 def engine_layer0_shape(config: Config) -> tuple[int, int]:
@@ -196,7 +205,7 @@ class Layer0Unit(wiring.Component):
         self._mults = mults
         fm = config.formats
         n_in, n_out = config.net[0], config.net[1]
-        self._chunks = -(-n_in // mults)
+        self._chunks, self._latency, self._fifo_depth = layer0_timing(config, mults)
         pbits = fm.value.bits + fm.weight.bits
         # |sum of n_in products| + |b << value.frac| < (n_in + 1) * 2**(pbits - 2)
         self._acc_bits = pbits - 1 + (n_in + 1).bit_length()
@@ -205,9 +214,6 @@ class Layer0Unit(wiring.Component):
         if self._chain_bits > DSP_P_BITS:
             raise ValueError(f"a chunk of {mults} products needs {self._chain_bits} bits, more "
                              f"than the {DSP_P_BITS}-bit DSP48E1 post-adder")
-        self._latency = mults + 6
-        C = self._chunks
-        self._fifo_depth = max(2, -(-(C + self._latency + 1) // C))
         words = -(-config.n_params // word)
         B = config.batch
         self._lists = bool(lists)

@@ -379,9 +379,9 @@ def dual_scale_ii(config: Config) -> int:
 
 def merger_latency(config: Config) -> int:
     """Cycles from the handshake of a list's ``last`` candidate to the list being offered on
-    the merger's output: the block's ``latency`` attribute, 1 (its docstring) without one."""
-    from dpfm.rtl.topk import TopKMerger
-    return int(getattr(TopKMerger(config), "latency", 1))
+    the merger's output: :data:`dpfm.rtl.topk.PIPELINE_STAGES` (``TopKMerger.latency``)."""
+    from dpfm.rtl.topk import PIPELINE_STAGES
+    return PIPELINE_STAGES
 
 
 def forward_slots(config: Config, lengths=None) -> list:
@@ -424,11 +424,10 @@ def layer0_z_times(config: Config, a_times) -> list:
     takes it when readable and at least ``C_ds`` (:func:`dual_scale_ii`) cycles after the
     take before.
     """
-    from dpfm.rtl.layer0 import Layer0Unit, engine_layer0_shape
+    from dpfm.rtl.layer0 import engine_layer0_shape, layer0_timing
     M0, D = engine_layer0_shape(config)
-    unit = Layer0Unit(config, word=M0, mults=D)
+    C, latency, F = layer0_timing(config, D)
     n_in, n_out = config.net[0], config.net[1]
-    C, F = unit.chunks, unit.fifo_depth
     boff0 = config.offsets[0] + n_out * n_in
     nb = (boff0 + n_out - 1) // M0 - boff0 // M0 + 1
     ready = [a_times[min(n_in, (c + 1) * D) - 1] + 1 for c in range(C)]   # words_in > c from
@@ -450,7 +449,7 @@ def layer0_z_times(config: Config, a_times) -> list:
                     c += 1
         nt = len(takes)
         if nt < len(lasts):
-            avail = max(lasts[nt] + unit.latency, takes[-1] + 1 if takes else 0)
+            avail = max(lasts[nt] + latency, takes[-1] + 1 if takes else 0)
             if cycle >= avail and cycle >= pace_free:
                 takes.append(cycle)
                 pace_free = cycle + C_ds
