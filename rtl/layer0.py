@@ -431,7 +431,7 @@ class Layer0Unit(wiring.Component):
             a_s = self.a.payload[s]
             ops = []
             for d in range(D):
-                mem = Memory(shape=vshape, depth=C, init=[])
+                mem = Memory(shape=vshape, depth=max(2, C), init=[])   # depth 1 would give a 0-bit address
                 m.submodules[f"a{s}_{d}"] = mem
                 wp = mem.write_port()
                 rp = mem.read_port(transparent_for=())

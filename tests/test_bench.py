@@ -58,8 +58,11 @@ def test_numpy_rows_and_ratios(anchors):
 
 
 def test_hardware_row_reads_the_engines_counter():
+    from dpfm.sim.engine_expect import step_cycles
     r = bench.hardware_row("sum4", 4, steps=2)
-    assert r["cycles_per_step"] == r["cycles_min"] == r["cycles_max"] > 0   # fixed schedule
+    # layer 1's block probe may skip blocks: data-dependent, within the whole-block bound
+    bound = step_cycles(bench._hw_config("sum4", 4)[0], update="maxnorm")
+    assert 0 < r["cycles_min"] <= r["cycles_per_step"] <= r["cycles_max"] <= bound
     assert r["us_per_step"] is None                 # no clock assumed
 
 
