@@ -217,20 +217,37 @@ class UpdateUnit(wiring.Component):
         m.d.sync += dmax.eq(dkey[1:] + dkey[0])
 
         maxnorm = self.mode == UPDATE["maxnorm"]
-        # Dn = D >> sh (floor) or D << -sh: -2**(NORM_BITS-1)*2 <= Dn < 2**NORM_BITS since |D| <= m
+        # Dn = D >> sh (floor) or D << -sh: -2**(NORM_BITS-1)*2 <= Dn < 2**NORM_BITS since |D| <= m.
+        # No barrel shifter: with t = sh - (1 - NORM_BITS) = blen - 1 >= 0, a word-aligned
+        # window win1 = floor(D / 2**b) at b = 8 * (t >> 3) + 1 - NORM_BITS (a multiplexer of
+        # n_win1 places) is exact in WIN1 bits (|D| < 2**blen, so |D / 2**b| < 2**(f +
+        # NORM_BITS) with f = t & 7 <= 7), and the rest of the shift is a DSP48E1 product by a
+        # power of two: Dn = floor(win1 * 2**(7 - f) / 2**7), the product's bits 7 and up.
+        WIN1 = NORM_BITS + 8
+        n_win1 = ((fm.delta.bits - 1) >> 3) + 1           # blen <= delta.bits
+        dn_idx = Signal(range(max(n_win1, 2)))           # t >> 3
+        dn_pow = Signal(8)                               # 2**(7 - (t & 7))
         mult = Signal(max(RECIP_BITS, NORM_BITS + 1))   # recip (maxnorm) or c_q (sgd)
         prod_w = NORM_BITS + 1 + len(mult) + 1
-        # sgd: upd = round_shift(Dn * c_q, delta.frac + cs - weight.frac - sh).  A shift of at
-        # least the product's width rounds every product to 0, so the shift is held clamped
-        # to it.  The smallest shift (cs = SGD_CS_MIN, sh = delta.bits - NORM_BITS) is 3 for
-        # the default formats; formats that make it negative get a left-shift path.
+        # sgd: upd = round_shift(X, S), X = Dn * c_q, S = delta.frac + cs - weight.frac - sh.
+        # A shift of at least the product's width rounds every product to 0, so S is held
+        # clamped to it.  The smallest S (cs = SGD_CS_MIN, sh = delta.bits - NORM_BITS) is 3
+        # for the default formats.  No barrel shifter either: with b = 4 * ((S - 1) >> 2) and
+        # f = S - b in 1..4, the nested floors give round_shift(X, S) = floor((floor(X / 2**b)
+        # + 2**(f-1)) / 2**f) = round_shift(win2 * 2**(RATIO_FRAC - f), RATIO_FRAC) with the
+        # window win2 = floor(X / 2**b) (a multiplexer of the places b): the maxnorm rounding
+        # of ratio * lr_q on the same DSP48E1.  win2 is WIN2 bits (the DSP's 25-bit port);
+        # when floor(X / 2**b) does not fit, |upd| >= 2**(WIN2 - 1 - 4) > 2 * 2**(weight.bits
+        # - 1) and sat(w - upd) is the weight format's end opposite X's sign: the stage
+        # forces it (sov).
+        WIN2 = 25
+        assert WIN2 - 1 - 4 > fm.weight.bits and RATIO_FRAC >= 4
         sgd_shift_max = prod_w
         sgd_shift_min = fm.delta.frac - fw + SGD_CS_MIN - (fm.delta.bits - NORM_BITS)
         sgd_shift = Signal(range(min(0, sgd_shift_min), sgd_shift_max + 1))
-        left_max = max(0, -sgd_shift_min)
-        sgd_r = Signal(range(sgd_shift_max + 1))           # max(shift, 0)
-        sgd_l = Signal(range(left_max + 1))                 # max(-shift, 0)
-        sgd_half = Signal(sgd_shift_max)                    # 2**(sgd_r - 1), 0 when sgd_r == 0
+        k_lo, k_hi = (sgd_shift_min - 1) >> 2, (sgd_shift_max - 1) >> 2
+        sgd_k = Signal(range(k_hi - k_lo + 1))           # (S - 1) >> 2, from k_lo
+        sgd_pow = Signal(RATIO_FRAC)                     # 2**(RATIO_FRAC - f)
         m.d.sync += mult.eq(Mux(maxnorm, recip[:RECIP_BITS], self.sgd_cq))   # constant in UPD
 
         # the parameter datapath, one copy per element of a word
@@ -245,33 +262,56 @@ class UpdateUnit(wiring.Component):
             # 2 * u + s orders like |D| (ties between +x and -x aside), |D| = u + s
             sign = d_sat[-1]
             key = Signal(fm.delta.bits, name=f"dkey{e}")
-            dn2 = Signal(signed(NORM_BITS + 1), name=f"dn2_{e}")
+            win1 = Signal(signed(WIN1), name=f"win1_{e}")
+            prod_s = Signal(signed(WIN1 + 9), name=f"prod_s{e}")
+            dn2 = prod_s[7:7 + NORM_BITS + 1].as_signed()
             prod_u3 = Signal(signed(prod_w), name=f"prod_u3_{e}")
-            ratio = Signal(signed(RATIO_FRAC + 2), name=f"ratio{e}")     # |ratio| <= 2**16 + 1
-            sgd_sum = Signal(signed(prod_w + 1), name=f"sgd_sum{e}")
-            prod_u4 = Signal(signed(len(ratio) + len(self.lr_q) + 1), name=f"prod_u4_{e}")
-            sgdupd4 = Signal(signed(len(sgd_sum) + left_max), name=f"sgdupd4_{e}")
-            w_diff = Signal(signed(max(len(prod_u4) - RATIO_FRAC, len(sgdupd4), wb) + 2),
-                            name=f"w_diff{e}")
+            ratio = round_shift(prod_u3, RECIP_FRAC - RATIO_FRAC)   # |ratio| <= 2**16 + 1
+            a2 = Signal(signed(WIN2), name=f"a2_{e}")    # lr_q (maxnorm) or win2 (sgd)
+            b2 = Signal(signed(RATIO_FRAC + 2), name=f"b2_{e}")   # ratio or 2**(RATIO_FRAC - f)
+            sov = [Signal(name=f"sov{t}_{e}") for t in (2, 3, 4)]   # sgd: win2 did not fit
+            sneg = [Signal(name=f"sneg{t}_{e}") for t in (2, 3, 4)]  # ... and X < 0
+            prod_u4 = Signal(signed(WIN2 + len(b2)), name=f"prod_u4_{e}")
+            upd = round_shift(prod_u4, RATIO_FRAC)       # |upd| < 2**(WIN2 - 1)
+            w_diff = Signal(signed(max(WIN2, wb) + 1), name=f"w_diff{e}")
             w_new = Signal(wshape, name=f"w_new{e}")
             w_ovf = Signal(name=f"w_ovf{e}")
-            sgd_shifted = sgd_sum >> sgd_r
-            if left_max:
-                sgd_shifted = Mux(sgd_l != 0, sgd_sum << sgd_l, sgd_shifted)
-            upd = Mux(maxnorm, round_shift(prod_u4, RATIO_FRAC), sgdupd4)
             w_word = self.weights.word_select(e, wb).as_signed()        # stage ST_ABS + 3
+            with m.Switch(dn_idx):                                                          # ST_SAT
+                for i in range(n_win1):
+                    b = 8 * i + 1 - NORM_BITS
+                    with m.Case(i):
+                        m.d.sync += win1.eq(d_sat_v >> b if b >= 0 else d_sat_v << -b)
+            x_neg = prod_u3[-1]
+            win2 = Signal(signed(WIN2), name=f"win2_{e}")
+            fits = Signal(name=f"fits{e}")
+            with m.Switch(sgd_k):                                                           # +2
+                for k in range(k_hi - k_lo + 1):
+                    b = 4 * (k + k_lo)
+                    lo = b + WIN2 - 1           # X fits the window when its bits from lo agree
+                    if lo >= prod_w - 1:
+                        fits_k = Const(1, 1)
+                    elif lo >= 0:
+                        fits_k = prod_u3[lo:].all() | ~prod_u3[lo:].any()
+                    else:
+                        fits_k = prod_u3 == 0
+                    with m.Case(k):
+                        m.d.comb += [win2.eq(prod_u3 >> b if b >= 0 else prod_u3 << -b),
+                                     fits.eq(fits_k)]
             m.d.sync += [
                 d_sat.eq(d_sat_v), d_ovf.eq(d_ovf_v),                                       # ST_SAT
                 key.eq(Cat(sign, d_sat[:-1] ^ sign.replicate(fm.delta.bits - 1))),          # ST_ABS
-                dn2.eq(Mux(shl != 0, d_sat << shl, d_sat >> shr)),
+                prod_s.eq(win1 * dn_pow),
                 prod_u3.eq(dn2 * mult),                                                     # +1
-                ratio.eq(round_shift(prod_u3, RECIP_FRAC - RATIO_FRAC)[:len(ratio)]),       # +2
-                sgd_sum.eq(prod_u3 + sgd_half),
-                prod_u4.eq(ratio * self.lr_q),                                              # +3
-                sgdupd4.eq(sgd_shifted),
-                w_diff.eq(w_word - upd),                                                    # +4
-                w_new.eq(saturate(w_diff, fm.weight)[0]),                                   # +5
-                w_ovf.eq(saturate(w_diff, fm.weight)[1]),
+                a2.eq(Mux(maxnorm, self.lr_q, win2)), b2.eq(Mux(maxnorm, ratio, sgd_pow)),   # +2
+                sov[0].eq(~maxnorm & ~fits), sneg[0].eq(x_neg),
+                prod_u4.eq(a2 * b2), sov[1].eq(sov[0]), sneg[1].eq(sneg[0]),                # +3
+                w_diff.eq(w_word - upd), sov[2].eq(sov[1]), sneg[2].eq(sneg[1]),            # +4
+            ]
+            w_sat, w_sat_ovf = saturate(w_diff, fm.weight)                                  # +5
+            m.d.sync += [
+                w_new.eq(Mux(sov[2], Mux(sneg[2], fm.weight.max_int, fm.weight.min_int), w_sat)),
+                w_ovf.eq(sov[2] | w_sat_ovf),
             ]
             keys.append(key)
             d_ovfs.append(d_ovf)
@@ -329,23 +369,22 @@ class UpdateUnit(wiring.Component):
                     with m.Case(1):
                         sh = blen.as_signed() - NORM_BITS
                         sgd_full = (fm.delta.frac - fw + NORM_BITS) + self.sgd_cs - blen
+                        t = (blen - 1)[:len(blen)]
                         m.d.sync += [
                             shr.eq(Mux(sh >= 0, sh, 0)), shl.eq(Mux(sh < 0, -sh, 0)),
                             sgd_shift.eq(Mux(sgd_full > sgd_shift_max, sgd_shift_max, sgd_full)),
+                            dn_idx.eq(t >> 3), dn_pow.eq(Const(1 << 7, 8) >> t[:3]),
                         ]
                     with m.Case(2):
+                        s1 = sgd_shift - 1
                         m.d.sync += [
                             mn.eq(Mux(shl != 0, dmax << shl, dmax >> shr)),
-                            sgd_r.eq(Mux(sgd_shift > 0, sgd_shift, 0)),
+                            sgd_k.eq((s1 >> 2) - k_lo),
+                            sgd_pow.eq(Const(1 << (RATIO_FRAC - 1), RATIO_FRAC) >> s1[:2]),
                         ]
-                        if left_max:
-                            m.d.sync += sgd_l.eq(Mux(sgd_shift < 0, -sgd_shift, 0))
                     with m.Case(NORM_CYCLES - 1):
-                        nb = max(1, sgd_shift_max.bit_length())
                         m.d.sync += [
                             mn3.eq(mn + (mn << 1)),
-                            sgd_half.eq(Mux(sgd_r == 0, 0, (Const(1, 1) << (sgd_r - 1).as_unsigned()[:nb])
-                                            [:sgd_shift_max])),
                             # the quotient bits above 2 * DIV_CYCLES are 0: their remainder is
                             # the dividend 2**RECIP_FRAC cut to its bits above them
                             rem.eq(1 << (RECIP_FRAC - 2 * DIV_CYCLES)), recip.eq(0), div_i.eq(0),
