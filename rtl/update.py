@@ -44,7 +44,7 @@ MAX_PIPE = 3
 #: over the delta banks: the reads, ``D = sat(sum)``, ``Dn = D >> sh``, the product ``Dn *
 #: (recip | c_q)``, the ratio (maxnorm) or the rounding add (sgd), ``ratio * lr_q`` or the
 #: shift, ``w - upd``, its saturation (written in that stage).
-UPDATE_PIPE = 8
+UPDATE_PIPE = 7
 
 
 def update_words(config: Config) -> int:
@@ -184,7 +184,7 @@ class UpdateUnit(wiring.Component):
         ST_SAT = 2 + T
         ST_ABS = ST_SAT + 1
         ST_MAX = ST_ABS + TM
-        ST_W = ST_ABS + 5
+        ST_W = ST_ABS + 4
         assert ST_MAX == MAX_PIPE + T + TM and ST_W == UPDATE_PIPE + T
         last = max(ST_W, ST_MAX)
 
@@ -200,7 +200,7 @@ class UpdateUnit(wiring.Component):
         pupd = [pv[t] & ~pmax[t] for t in range(last + 1)]
         update_busy = Cat(pv[1:ST_W + 1]).any()
         max_busy = Cat(pmax[1:ST_MAX + 1]).any()
-        m.d.comb += [self.addr.eq(p), self.w_rd_addr.eq(pa[ST_ABS + 2])]
+        m.d.comb += [self.addr.eq(p), self.w_rd_addr.eq(pa[ST_ABS + 1])]
 
         # per-step constants (NORM, DIV)
         dkey = Signal(fm.delta.bits)       # the largest magnitude key: 2 * u + s (see below)
@@ -227,7 +227,10 @@ class UpdateUnit(wiring.Component):
         n_win1 = ((fm.delta.bits - 1) >> 3) + 1           # blen <= delta.bits
         dn_idx = Signal(range(max(n_win1, 2)))           # t >> 3
         dn_pow = Signal(8)                               # 2**(7 - (t & 7))
-        mult = Signal(max(RECIP_BITS, NORM_BITS + 1))   # recip (maxnorm) or c_q (sgd)
+        # -recip (maxnorm) or c_q (sgd), and the constant the DSP48E1 adds to Dn * mult:
+        # maxnorm's ratio is rounded there, negated (see ratio_n below)
+        mult = Signal(signed(max(RECIP_BITS, len(self.sgd_cq)) + 1))
+        rnd3 = Signal(RECIP_FRAC - RATIO_FRAC - 1)
         prod_w = NORM_BITS + 1 + len(mult) + 1
         # sgd: upd = round_shift(X, S), X = Dn * c_q, S = delta.frac + cs - weight.frac - sh.
         # A shift of at least the product's width rounds every product to 0, so S is held
@@ -247,8 +250,11 @@ class UpdateUnit(wiring.Component):
         sgd_shift = Signal(range(min(0, sgd_shift_min), sgd_shift_max + 1))
         k_lo, k_hi = (sgd_shift_min - 1) >> 2, (sgd_shift_max - 1) >> 2
         sgd_k = Signal(range(k_hi - k_lo + 1))           # (S - 1) >> 2, from k_lo
-        sgd_pow = Signal(RATIO_FRAC)                     # 2**(RATIO_FRAC - f)
-        m.d.sync += mult.eq(Mux(maxnorm, recip[:RECIP_BITS], self.sgd_cq))   # constant in UPD
+        sgd_pow = Signal(signed(RATIO_FRAC + 1))         # -2**(RATIO_FRAC - f)
+        m.d.sync += [                                    # constant in UPD
+            mult.eq(Mux(maxnorm, -recip[:RECIP_BITS], self.sgd_cq)),
+            rnd3.eq(Mux(maxnorm, (1 << (RECIP_FRAC - RATIO_FRAC - 1)) - 1, 0)),
+        ]
 
         # the parameter datapath, one copy per element of a word
         keys, d_ovfs, w_news, w_ovfs = [], [], [], []
@@ -265,24 +271,28 @@ class UpdateUnit(wiring.Component):
             win1 = Signal(signed(WIN1), name=f"win1_{e}")
             prod_s = Signal(signed(WIN1 + 9), name=f"prod_s{e}")
             dn2 = prod_s[7:7 + NORM_BITS + 1].as_signed()
+            # maxnorm: prod_u3 = -Dn * recip + 2**18 - 1, so ratio_n = prod_u3 >> 19 = -ratio
+            # (-floor((x + 2**18) / 2**19) = floor((2**18 - 1 - x) / 2**19)); sgd: X = Dn * c_q
             prod_u3 = Signal(signed(prod_w), name=f"prod_u3_{e}")
-            ratio = round_shift(prod_u3, RECIP_FRAC - RATIO_FRAC)   # |ratio| <= 2**16 + 1
+            ratio_n = prod_u3 >> (RECIP_FRAC - RATIO_FRAC)    # |ratio| <= 2**16 + 1
             a2 = Signal(signed(WIN2), name=f"a2_{e}")    # lr_q (maxnorm) or win2 (sgd)
-            b2 = Signal(signed(RATIO_FRAC + 2), name=f"b2_{e}")   # ratio or 2**(RATIO_FRAC - f)
-            sov = [Signal(name=f"sov{t}_{e}") for t in (2, 3, 4)]   # sgd: win2 did not fit
-            sneg = [Signal(name=f"sneg{t}_{e}") for t in (2, 3, 4)]  # ... and X < 0
-            prod_u4 = Signal(signed(WIN2 + len(b2)), name=f"prod_u4_{e}")
-            upd = round_shift(prod_u4, RATIO_FRAC)       # |upd| < 2**(WIN2 - 1)
-            w_diff = Signal(signed(max(WIN2, wb) + 1), name=f"w_diff{e}")
+            b2 = Signal(signed(RATIO_FRAC + 2), name=f"b2_{e}")   # -ratio or -2**(RATIO_FRAC - f)
+            sov = [Signal(name=f"sov{t}_{e}") for t in (2, 3)]   # sgd: win2 did not fit
+            sneg = [Signal(name=f"sneg{t}_{e}") for t in (2, 3)]  # ... and X < 0
+            # w - round_shift(a * b, 16) = floor((w * 2**16 + 2**15 - 1 - a * b) / 2**16): the
+            # weight and the rounding in the DSP48E1's C port, b negated; |a * b| < 2**(WIN2
+            # + 15) since |upd| < 2**(WIN2 - 1) (win2 fits) or |ratio * lr_q| < 2**35
+            prod_u4 = Signal(signed(max(WIN2 + RATIO_FRAC, wb + RATIO_FRAC) + 2), name=f"prod_u4_{e}")
+            w_diff = prod_u4[RATIO_FRAC:].as_signed()
             w_new = Signal(wshape, name=f"w_new{e}")
             w_ovf = Signal(name=f"w_ovf{e}")
-            w_word = self.weights.word_select(e, wb).as_signed()        # stage ST_ABS + 3
+            w_word = self.weights.word_select(e, wb).as_signed()        # held with stage ST_ABS + 2
             with m.Switch(dn_idx):                                                          # ST_SAT
                 for i in range(n_win1):
                     b = 8 * i + 1 - NORM_BITS
                     with m.Case(i):
                         m.d.sync += win1.eq(d_sat_v >> b if b >= 0 else d_sat_v << -b)
-            x_neg = prod_u3[-1]
+            x_neg = prod_u3[-1]            # sgd
             win2 = Signal(signed(WIN2), name=f"win2_{e}")
             fits = Signal(name=f"fits{e}")
             with m.Switch(sgd_k):                                                           # +2
@@ -302,16 +312,17 @@ class UpdateUnit(wiring.Component):
                 d_sat.eq(d_sat_v), d_ovf.eq(d_ovf_v),                                       # ST_SAT
                 key.eq(Cat(sign, d_sat[:-1] ^ sign.replicate(fm.delta.bits - 1))),          # ST_ABS
                 prod_s.eq(win1 * dn_pow),
-                prod_u3.eq(dn2 * mult),                                                     # +1
-                a2.eq(Mux(maxnorm, self.lr_q, win2)), b2.eq(Mux(maxnorm, ratio, sgd_pow)),   # +2
+                prod_u3.eq(dn2 * mult + rnd3),                                              # +1
+                a2.eq(Mux(maxnorm, self.lr_q, win2)), b2.eq(Mux(maxnorm, ratio_n, sgd_pow)), # +2
                 sov[0].eq(~maxnorm & ~fits), sneg[0].eq(x_neg),
-                prod_u4.eq(a2 * b2), sov[1].eq(sov[0]), sneg[1].eq(sneg[0]),                # +3
-                w_diff.eq(w_word - upd), sov[2].eq(sov[1]), sneg[2].eq(sneg[1]),            # +4
+                prod_u4.eq(Cat(Const((1 << (RATIO_FRAC - 1)) - 1, RATIO_FRAC), w_word).as_signed()
+                           + a2 * b2),                                                      # +3
+                sov[1].eq(sov[0]), sneg[1].eq(sneg[0]),
             ]
-            w_sat, w_sat_ovf = saturate(w_diff, fm.weight)                                  # +5
+            w_sat, w_sat_ovf = saturate(w_diff, fm.weight)                                  # +4
             m.d.sync += [
-                w_new.eq(Mux(sov[2], Mux(sneg[2], fm.weight.max_int, fm.weight.min_int), w_sat)),
-                w_ovf.eq(sov[2] | w_sat_ovf),
+                w_new.eq(Mux(sov[1], Mux(sneg[1], fm.weight.max_int, fm.weight.min_int), w_sat)),
+                w_ovf.eq(sov[1] | w_sat_ovf),
             ]
             keys.append(key)
             d_ovfs.append(d_ovf)
@@ -380,7 +391,7 @@ class UpdateUnit(wiring.Component):
                         m.d.sync += [
                             mn.eq(Mux(shl != 0, dmax << shl, dmax >> shr)),
                             sgd_k.eq((s1 >> 2) - k_lo),
-                            sgd_pow.eq(Const(1 << (RATIO_FRAC - 1), RATIO_FRAC) >> s1[:2]),
+                            sgd_pow.eq(-(Const(1 << (RATIO_FRAC - 1), RATIO_FRAC) >> s1[:2])),
                         ]
                     with m.Case(NORM_CYCLES - 1):
                         m.d.sync += [
