@@ -31,8 +31,9 @@ RECIP_BITS = RECIP_FRAC - NORM_BITS + 2
 #: Cycles of the DIV state: the radix-4 restoring divider makes two quotient bits per cycle
 #: and skips the quotient bits above :data:`RECIP_BITS`, which are always 0.
 DIV_CYCLES = (RECIP_BITS + 1) // 2
-#: Cycles of the NORM state: the bit length of ``max|D|``; the shifts; the normalised
-#: maximum; three times it (for the divider) and the sgd rounding constant.
+#: Cycles of the NORM state: the bit length of ``max|D|``; the shifts and the place and
+#: power of two of the ``Dn`` window; the normalised maximum and the place and power of two
+#: of the sgd window; three times the maximum (for the divider).
 NORM_CYCLES = 4
 #: Register stages of the MAX pass after the word address, besides the
 #: :func:`~dpfm.rtl.fixmath.lane_sum_stages` of the sum over the delta banks (``T``) and of
@@ -41,9 +42,11 @@ NORM_CYCLES = 4
 #: the running maximum in the last stage).
 MAX_PIPE = 3
 #: Register stages of the UPD pass after the word address, besides the ``T`` of the sum
-#: over the delta banks: the reads, ``D = sat(sum)``, ``Dn = D >> sh``, the product ``Dn *
-#: (recip | c_q)``, the ratio (maxnorm) or the rounding add (sgd), ``ratio * lr_q`` or the
-#: shift, ``w - upd``, its saturation (written in that stage).
+#: over the delta banks: the reads; ``D = sat(sum)`` and its window; ``Dn`` (the window
+#: times a power of two, a DSP48E1); ``Dn * (-recip | c_q)`` plus the maxnorm rounding (a
+#: DSP48E1); ``-ratio`` and ``lr_q`` (maxnorm) or the sgd window and a power of two;
+#: ``w - upd`` as their product plus the weight and the rounding (a DSP48E1); its saturation
+#: (written in that stage).
 UPDATE_PIPE = 7
 
 
@@ -83,8 +86,11 @@ class UpdateUnit(wiring.Component):
     ceil(n_params / M)``, ``T = lane_sum_stages(batch)``, ``T_M = lane_sum_stages(M)``):
     MAX ``W``, MAX_DRAIN ``1 + MAX_PIPE + T + T_M``, NORM :data:`NORM_CYCLES`, DIV
     :data:`DIV_CYCLES` (maxnorm only), UPD ``W``, UPD_DRAIN ``1 + UPDATE_PIPE + T``; after
-    NORM when ``m == 0``.  Throughput: ``M`` parameters per cycle in MAX and UPD (two
-    multiplies per parameter in UPD, DSP48E1-sized: ``18 x 21`` and ``18 x 16`` bits).
+    NORM when ``m == 0``.  Throughput: ``M`` parameters per cycle in MAX and UPD (three
+    DSP48E1 multiplies per parameter in UPD: the ``Dn`` shift ``25 x 9``, ``Dn * mult`` ``18
+    x 21`` with its rounding constant, ``a * b`` ``25 x 18`` with the weight and rounding in
+    the post-adder; no barrel shifter: a variable shift is a multiplexer of aligned windows
+    and a product by a power of two).
 
     Parameters
     ----------
@@ -172,15 +178,14 @@ class UpdateUnit(wiring.Component):
         # stage t holds what stage t-1 computed; stage 0 puts the word address on the banks:
         #   1             the banks' read data
         #   2 .. 1+T      the sum over the banks, per element
-        #   ST_SAT        D = sat(sum) and its overflow
-        #   ST_ABS        MAX: the magnitude key of D; UPD: Dn = D >> sh
+        #   ST_SAT        D = sat(sum) and its overflow; UPD: the window win1 of D
+        #   ST_ABS        MAX: the magnitude key of D; UPD: win1 * 2**(7 - f) (DSP48E1), Dn
         #   ST_ABS+1..TM  MAX: the word's largest key (compared with the running one there)
-        #   ST_ABS+1      UPD: Dn * (recip | c_q) (a DSP48E1, operand and product registered)
-        #   ST_ABS+2      maxnorm: ratio = round_shift(., 19); sgd: the product plus half;
-        #                 the weight word's read address
-        #   ST_ABS+3      maxnorm: ratio * lr_q (DSP48E1); sgd: the shift; the weight word
-        #   ST_ABS+4      w - upd
-        #   ST_ABS+5      w_new = sat(w - upd): written to W in this stage
+        #   ST_ABS+1      UPD: Dn * mult + rnd3 (a DSP48E1); the weight word's read address
+        #   ST_ABS+2      a = lr_q, b = -ratio (maxnorm) or a = win2, b = -2**(16 - f) (sgd);
+        #                 the weight word on the read data
+        #   ST_ABS+3      w * 2**16 + 2**15 - 1 + a * b (a DSP48E1): w - upd in its bits 16..
+        #   ST_ABS+4      w_new = sat(w - upd): written to W in this stage
         ST_SAT = 2 + T
         ST_ABS = ST_SAT + 1
         ST_MAX = ST_ABS + TM
