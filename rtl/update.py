@@ -274,7 +274,7 @@ class UpdateUnit(wiring.Component):
             sign = d_sat[-1]
             key = Signal(fm.delta.bits, name=f"dkey{e}")
             win1 = Signal(signed(WIN1), name=f"win1_{e}")
-            prod_s = Signal(signed(WIN1 + 9), name=f"prod_s{e}")
+            prod_s = Signal(signed(WIN1 + 9), name=f"dn2_p{e}")     # Dn * 2**7 + the bits below
             dn2 = prod_s[7:7 + NORM_BITS + 1].as_signed()
             # maxnorm: prod_u3 = -Dn * recip + 2**18 - 1, so ratio_n = prod_u3 >> 19 = -ratio
             # (-floor((x + 2**18) / 2**19) = floor((2**18 - 1 - x) / 2**19)); sgd: X = Dn * c_q
