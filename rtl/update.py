@@ -45,9 +45,9 @@ MAX_PIPE = 3
 #: over the delta banks: the reads; ``D = sat(sum)`` and its window; ``Dn`` (the window
 #: times a power of two, a DSP48E1); ``Dn * (-recip | c_q)`` plus the maxnorm rounding (a
 #: DSP48E1); ``-ratio`` and ``lr_q`` (maxnorm) or the sgd window and a power of two;
-#: ``w - upd`` as their product plus the weight and the rounding (a DSP48E1); its saturation
-#: (written in that stage).
-UPDATE_PIPE = 7
+#: their product (a DSP48E1's M register); ``w - upd`` as the product plus the weight and the
+#: rounding (its post-adder); its saturation (written in that stage).
+UPDATE_PIPE = 8
 
 
 def update_words(config: Config) -> int:
@@ -181,15 +181,16 @@ class UpdateUnit(wiring.Component):
         #   ST_SAT        D = sat(sum) and its overflow; UPD: the window win1 of D
         #   ST_ABS        MAX: the magnitude key of D; UPD: win1 * 2**(7 - f) (DSP48E1), Dn
         #   ST_ABS+1..TM  MAX: the word's largest key (compared with the running one there)
-        #   ST_ABS+1      UPD: Dn * mult + rnd3 (a DSP48E1); the weight word's read address
+        #   ST_ABS+1      UPD: Dn * mult + rnd3 (a DSP48E1)
         #   ST_ABS+2      a = lr_q, b = -ratio (maxnorm) or a = win2, b = -2**(16 - f) (sgd);
-        #                 the weight word on the read data
-        #   ST_ABS+3      w * 2**16 + 2**15 - 1 + a * b (a DSP48E1): w - upd in its bits 16..
-        #   ST_ABS+4      w_new = sat(w - upd): written to W in this stage
+        #                 the weight word's read address
+        #   ST_ABS+3      a * b (the DSP48E1's M register); the weight word on the read data
+        #   ST_ABS+4      w * 2**16 + 2**15 - 1 + a * b (its post-adder): w - upd in bits 16..
+        #   ST_ABS+5      w_new = sat(w - upd): written to W in this stage
         ST_SAT = 2 + T
         ST_ABS = ST_SAT + 1
         ST_MAX = ST_ABS + TM
-        ST_W = ST_ABS + 4
+        ST_W = ST_ABS + 5
         assert ST_MAX == MAX_PIPE + T + TM and ST_W == UPDATE_PIPE + T
         last = max(ST_W, ST_MAX)
 
@@ -205,7 +206,7 @@ class UpdateUnit(wiring.Component):
         pupd = [pv[t] & ~pmax[t] for t in range(last + 1)]
         update_busy = Cat(pv[1:ST_W + 1]).any()
         max_busy = Cat(pmax[1:ST_MAX + 1]).any()
-        m.d.comb += [self.addr.eq(p), self.w_rd_addr.eq(pa[ST_ABS + 1])]
+        m.d.comb += [self.addr.eq(p), self.w_rd_addr.eq(pa[ST_ABS + 2])]
 
         # per-step constants (NORM, DIV)
         dkey = Signal(fm.delta.bits)       # the largest magnitude key: 2 * u + s (see below)
@@ -282,16 +283,17 @@ class UpdateUnit(wiring.Component):
             ratio_n = prod_u3 >> (RECIP_FRAC - RATIO_FRAC)    # |ratio| <= 2**16 + 1
             a2 = Signal(signed(WIN2), name=f"a2_{e}")    # lr_q (maxnorm) or win2 (sgd)
             b2 = Signal(signed(RATIO_FRAC + 2), name=f"b2_{e}")   # -ratio or -2**(RATIO_FRAC - f)
-            sov = [Signal(name=f"sov{t}_{e}") for t in (2, 3)]   # sgd: win2 did not fit
-            sneg = [Signal(name=f"sneg{t}_{e}") for t in (2, 3)]  # ... and X < 0
+            sov = [Signal(name=f"sov{t}_{e}") for t in (2, 3, 4)]   # sgd: win2 did not fit
+            sneg = [Signal(name=f"sneg{t}_{e}") for t in (2, 3, 4)]  # ... and X < 0
             # w - round_shift(a * b, 16) = floor((w * 2**16 + 2**15 - 1 - a * b) / 2**16): the
             # weight and the rounding in the DSP48E1's C port, b negated; |a * b| < 2**(WIN2
             # + 15) since |upd| < 2**(WIN2 - 1) (win2 fits) or |ratio * lr_q| < 2**35
+            prod_m = Signal(signed(WIN2 + len(b2)), name=f"prod_m{e}")    # the DSP48E1's M register
             prod_u4 = Signal(signed(max(WIN2 + RATIO_FRAC, wb + RATIO_FRAC) + 2), name=f"prod_u4_{e}")
             w_diff = prod_u4[RATIO_FRAC:].as_signed()
             w_new = Signal(wshape, name=f"w_new{e}")
             w_ovf = Signal(name=f"w_ovf{e}")
-            w_word = self.weights.word_select(e, wb).as_signed()        # held with stage ST_ABS + 2
+            w_word = self.weights.word_select(e, wb).as_signed()        # held with stage ST_ABS + 3
             with m.Switch(dn_idx):                                                          # ST_SAT
                 for i in range(n_win1):
                     b = 8 * i + 1 - NORM_BITS
@@ -320,14 +322,15 @@ class UpdateUnit(wiring.Component):
                 prod_u3.eq(dn2 * mult + rnd3),                                              # +1
                 a2.eq(Mux(maxnorm, self.lr_q, win2)), b2.eq(Mux(maxnorm, ratio_n, sgd_pow)), # +2
                 sov[0].eq(~maxnorm & ~fits), sneg[0].eq(x_neg),
+                prod_m.eq(a2 * b2), sov[1].eq(sov[0]), sneg[1].eq(sneg[0]),                 # +3
                 prod_u4.eq(Cat(Const((1 << (RATIO_FRAC - 1)) - 1, RATIO_FRAC), w_word).as_signed()
-                           + a2 * b2),                                                      # +3
-                sov[1].eq(sov[0]), sneg[1].eq(sneg[0]),
+                           + prod_m),                                                       # +4
+                sov[2].eq(sov[1]), sneg[2].eq(sneg[1]),
             ]
-            w_sat, w_sat_ovf = saturate(w_diff, fm.weight)                                  # +4
+            w_sat, w_sat_ovf = saturate(w_diff, fm.weight)                                  # +5
             m.d.sync += [
-                w_new.eq(Mux(sov[1], Mux(sneg[1], fm.weight.max_int, fm.weight.min_int), w_sat)),
-                w_ovf.eq(sov[1] | w_sat_ovf),
+                w_new.eq(Mux(sov[2], Mux(sneg[2], fm.weight.max_int, fm.weight.min_int), w_sat)),
+                w_ovf.eq(sov[2] | w_sat_ovf),
             ]
             keys.append(key)
             d_ovfs.append(d_ovf)
