@@ -38,15 +38,15 @@ NORM_CYCLES = 4
 #: Register stages of the MAX pass after the word address, besides the
 #: :func:`~dpfm.rtl.fixmath.lane_sum_stages` of the sum over the delta banks (``T``) and of
 #: the maximum over the word's ``M`` parameters (``T_M = lane_sum_stages(M)``): the banks'
-#: read, ``D = sat(sum)``, the magnitude key of ``D`` (the word's maximum is compared with
-#: the running maximum in the last stage).
+#: read, the magnitude key of ``D = sat(sum)``, that key again (the UPD pass takes its window
+#: there; the word's maximum is compared with the running maximum in the last stage).
 MAX_PIPE = 3
 #: Register stages of the UPD pass after the word address, besides the ``T`` of the sum
-#: over the delta banks: the reads; ``D = sat(sum)`` and its window; ``Dn`` (the window
-#: times a power of two, a DSP48E1); ``Dn * (-recip | c_q)`` plus the maxnorm rounding (a
-#: DSP48E1); ``-ratio`` and ``lr_q`` (maxnorm) or the sgd window and a power of two;
-#: their product (a DSP48E1's M register); ``w - upd`` as the product plus the weight and the
-#: rounding (its post-adder); its saturation (written in that stage).
+#: over the delta banks: the reads; ``D = sat(sum)`` as its magnitude key; the window of
+#: ``D``; ``Dn`` (the window times a power of two, a DSP48E1); ``Dn * (-recip | c_q)`` plus
+#: the maxnorm rounding (a DSP48E1); ``-ratio`` and ``lr_q`` (maxnorm) or the sgd window and
+#: a power of two; ``w - upd`` as their product plus the weight and the rounding (a DSP48E1
+#: and its post-adder); its saturation (written in that stage).
 UPDATE_PIPE = 8
 
 
@@ -178,14 +178,16 @@ class UpdateUnit(wiring.Component):
         # stage t holds what stage t-1 computed; stage 0 puts the word address on the banks:
         #   1             the banks' read data
         #   2 .. 1+T      the sum over the banks, per element
-        #   ST_SAT        D = sat(sum) and its overflow; UPD: the window win1 of D
-        #   ST_ABS        MAX: the magnitude key of D; UPD: win1 * 2**(7 - f) (DSP48E1), Dn
+        #   ST_SAT        the magnitude key of D = sat(sum) (D is the key's bits, see below)
+        #                 and the overflow of the saturation
+        #   ST_ABS        MAX: the key again; UPD: the window win1 of D
         #   ST_ABS+1..TM  MAX: the word's largest key (compared with the running one there)
-        #   ST_ABS+1      UPD: Dn * mult + rnd3 (a DSP48E1)
-        #   ST_ABS+2      a = lr_q, b = -ratio (maxnorm) or a = win2, b = -2**(16 - f) (sgd);
-        #                 the weight word's read address
-        #   ST_ABS+3      a * b (the DSP48E1's M register); the weight word on the read data
-        #   ST_ABS+4      w * 2**16 + 2**15 - 1 + a * b (its post-adder): w - upd in bits 16..
+        #   ST_ABS+1      UPD: win1 * 2**(7 - f) (a DSP48E1): Dn
+        #   ST_ABS+2      Dn * mult + rnd3 (a DSP48E1); the weight word's read address
+        #   ST_ABS+3      a = lr_q, b = -ratio (maxnorm) or a = win2, b = -2**(16 - f) (sgd);
+        #                 the weight word on the read data
+        #   ST_ABS+4      w * 2**16 + 2**15 - 1 + a * b (a DSP48E1, the weight and rounding in
+        #                 its post-adder): w - upd in the bits from 16
         #   ST_ABS+5      w_new = sat(w - upd): written to W in this stage
         ST_SAT = 2 + T
         ST_ABS = ST_SAT + 1
@@ -267,13 +269,16 @@ class UpdateUnit(wiring.Component):
         for e in range(M):
             terms = [self.deltas[s].word_select(e, db).as_signed() for s in range(B)]
             d_total = pipelined_sum(m, terms, f"d_sum{e}_")
-            d_sat = Signal(signed(fm.delta.bits), name=f"d_sat{e}")
             d_ovf = Signal(name=f"d_ovf{e}")
-            d_sat_v, d_ovf_v = saturate(d_total, fm.delta)
+            d_sat_v = Signal(signed(fm.delta.bits), name=f"d_sat{e}")   # comb, sign-extended
+            d_sat_e, d_ovf_v = saturate(d_total, fm.delta)
+            m.d.comb += d_sat_v.eq(d_sat_e)
             # the magnitude key: u = D ^ sign (|D| for D >= 0, |D| - 1 below), s = the sign;
             # 2 * u + s orders like |D| (ties between +x and -x aside), |D| = u + s
-            sign = d_sat[-1]
-            key = Signal(fm.delta.bits, name=f"dkey{e}")
+            sign = d_sat_v[-1]
+            key1 = Signal(fm.delta.bits, name=f"dkey1_{e}")     # stage ST_SAT
+            key = Signal(fm.delta.bits, name=f"dkey{e}")        # ... ST_ABS
+            d_rec = Cat(key1[1:] ^ key1[0].replicate(fm.delta.bits - 1), key1[0]).as_signed()   # D
             win1 = Signal(signed(WIN1), name=f"win1_{e}")
             prod_s = Signal(signed(WIN1 + 9), name=f"dn2_p{e}")     # Dn * 2**7 + the bits below
             dn2 = prod_s[7:7 + NORM_BITS + 1].as_signed()
@@ -283,22 +288,21 @@ class UpdateUnit(wiring.Component):
             ratio_n = prod_u3 >> (RECIP_FRAC - RATIO_FRAC)    # |ratio| <= 2**16 + 1
             a2 = Signal(signed(WIN2), name=f"a2_{e}")    # lr_q (maxnorm) or win2 (sgd)
             b2 = Signal(signed(RATIO_FRAC + 2), name=f"b2_{e}")   # -ratio or -2**(RATIO_FRAC - f)
-            sov = [Signal(name=f"sov{t}_{e}") for t in (2, 3, 4)]   # sgd: win2 did not fit
-            sneg = [Signal(name=f"sneg{t}_{e}") for t in (2, 3, 4)]  # ... and X < 0
+            sov = [Signal(name=f"sov{t}_{e}") for t in (3, 4)]   # sgd: win2 did not fit
+            sneg = [Signal(name=f"sneg{t}_{e}") for t in (3, 4)]  # ... and X < 0
             # w - round_shift(a * b, 16) = floor((w * 2**16 + 2**15 - 1 - a * b) / 2**16): the
             # weight and the rounding in the DSP48E1's C port, b negated; |a * b| < 2**(WIN2
             # + 15) since |upd| < 2**(WIN2 - 1) (win2 fits) or |ratio * lr_q| < 2**35
-            prod_m = Signal(signed(WIN2 + len(b2)), name=f"prod_m{e}")    # the DSP48E1's M register
             prod_u4 = Signal(signed(max(WIN2 + RATIO_FRAC, wb + RATIO_FRAC) + 2), name=f"prod_u4_{e}")
             w_diff = prod_u4[RATIO_FRAC:].as_signed()
             w_new = Signal(wshape, name=f"w_new{e}")
             w_ovf = Signal(name=f"w_ovf{e}")
             w_word = self.weights.word_select(e, wb).as_signed()        # held with stage ST_ABS + 3
-            with m.Switch(dn_idx):                                                          # ST_SAT
+            with m.Switch(dn_idx):                                                          # ST_ABS
                 for i in range(n_win1):
                     b = 8 * i + 1 - NORM_BITS
                     with m.Case(i):
-                        m.d.sync += win1.eq(d_sat_v >> b if b >= 0 else d_sat_v << -b)
+                        m.d.sync += win1.eq(d_rec >> b if b >= 0 else d_rec << -b)
             x_neg = prod_u3[-1]            # sgd
             win2 = Signal(signed(WIN2), name=f"win2_{e}")
             fits = Signal(name=f"fits{e}")
@@ -316,21 +320,21 @@ class UpdateUnit(wiring.Component):
                         m.d.comb += [win2.eq(prod_u3 >> b if b >= 0 else prod_u3 << -b),
                                      fits.eq(fits_k)]
             m.d.sync += [
-                d_sat.eq(d_sat_v), d_ovf.eq(d_ovf_v),                                       # ST_SAT
-                key.eq(Cat(sign, d_sat[:-1] ^ sign.replicate(fm.delta.bits - 1))),          # ST_ABS
-                prod_s.eq(win1 * dn_pow),
-                prod_u3.eq(dn2 * mult + rnd3),                                              # +1
-                a2.eq(Mux(maxnorm, self.lr_q, win2)), b2.eq(Mux(maxnorm, ratio_n, sgd_pow)), # +2
+                d_ovf.eq(d_ovf_v),                                                          # ST_SAT
+                key1.eq(Cat(sign, d_sat_v[:-1] ^ sign.replicate(fm.delta.bits - 1))),
+                key.eq(key1),                                                               # ST_ABS
+                prod_s.eq(win1 * dn_pow),                                                   # +1
+                prod_u3.eq(dn2 * mult + rnd3),                                              # +2
+                a2.eq(Mux(maxnorm, self.lr_q, win2)), b2.eq(Mux(maxnorm, ratio_n, sgd_pow)), # +3
                 sov[0].eq(~maxnorm & ~fits), sneg[0].eq(x_neg),
-                prod_m.eq(a2 * b2), sov[1].eq(sov[0]), sneg[1].eq(sneg[0]),                 # +3
                 prod_u4.eq(Cat(Const((1 << (RATIO_FRAC - 1)) - 1, RATIO_FRAC), w_word).as_signed()
-                           + prod_m),                                                       # +4
-                sov[2].eq(sov[1]), sneg[2].eq(sneg[1]),
+                           + a2 * b2),                                                      # +4
+                sov[1].eq(sov[0]), sneg[1].eq(sneg[0]),
             ]
             w_sat, w_sat_ovf = saturate(w_diff, fm.weight)                                  # +5
             m.d.sync += [
-                w_new.eq(Mux(sov[2], Mux(sneg[2], fm.weight.max_int, fm.weight.min_int), w_sat)),
-                w_ovf.eq(sov[2] | w_sat_ovf),
+                w_new.eq(Mux(sov[1], Mux(sneg[1], fm.weight.max_int, fm.weight.min_int), w_sat)),
+                w_ovf.eq(sov[1] | w_sat_ovf),
             ]
             keys.append(key)
             d_ovfs.append(d_ovf)
