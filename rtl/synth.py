@@ -1,6 +1,6 @@
 """Resource estimates for the xc7z020 with Yosys ``synth_xilinx``, and Verilator lint.
 
-``dpfm synth --block dual_scale|topk|select|activation|run|update|layer0|engine --k K [--lanes L] [--net N,N,..] [--batch B] [--select-width W] [--contexts C] [--timing] --json out.json``
+``dpfm synth --block dual_scale|topk|select|activation|run|update|layer0|engine --k K [--lanes L] [--net N,N,..] [--batch B] [--update-lanes M] [--select-width W] [--contexts C] [--timing] --json out.json``
 synthesises one block as its own top level (no I/O buffers) and reports LUT, FF, DSP48E1,
 block RAM, carry chains and ``soft_mul``: the multiplies that Yosys' DSP mapping left to the
 fabric. Utilisation is against the XC7Z020 (PYNQ-Z2): 53,200 LUT, 106,400 FF, 220 DSP48E1,
@@ -347,6 +347,9 @@ def main(argv=None) -> int:
                         f"(default {SELECT_DEFAULTS['width']})")
     p.add_argument("--contexts", type=int, default=None,
                    help=f"--block select: running lists kept (default {SELECT_DEFAULTS['contexts']})")
+    p.add_argument("--update-lanes", type=int, default=None, metavar="M",
+                   help="parameters per cycle in the update passes, a power of two "
+                        "(default: the Config's)")
     p.add_argument("--json", metavar="PATH", help="write the estimate here (atomically)")
     p.add_argument("--workdir", metavar="DIR",
                    help="folder for the Verilog, script and log (default build/synth/<block>-k<K>-l<L>)")
@@ -363,6 +366,8 @@ def main(argv=None) -> int:
             changes["lanes"] = args.lanes
         if args.batch is not None:
             changes["batch"] = args.batch
+        if args.update_lanes is not None:
+            changes["update_lanes"] = args.update_lanes
         if args.net is not None:
             try:
                 net = tuple(int(n) for n in args.net.split(","))
@@ -380,6 +385,8 @@ def main(argv=None) -> int:
         f"-n{'_'.join(map(str, config.net))}-b{config.batch}"
     if args.block == "select":
         tag += f"-w{component.width}-c{component.contexts}"
+    if args.update_lanes is not None:
+        tag += f"-m{config.update_lanes}"
     workdir = Path(args.workdir or Path("build") / "synth" / f"{args.block}-k{config.k}-l{config.lanes}{tag}")
     top = f"dpfm_{args.block}"
     try:

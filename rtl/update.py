@@ -31,19 +31,22 @@ RECIP_BITS = RECIP_FRAC - NORM_BITS + 2
 #: Cycles of the DIV state: the radix-4 restoring divider makes two quotient bits per cycle
 #: and skips the quotient bits above :data:`RECIP_BITS`, which are always 0.
 DIV_CYCLES = (RECIP_BITS + 1) // 2
-#: Cycles of the NORM state: the bit length of ``max|D|``; the shifts; the normalised
-#: maximum; three times it (for the divider) and the sgd rounding constant.
+#: Cycles of the NORM state: the bit length of ``max|D|``; the shifts and the place and
+#: power of two of the ``Dn`` window; the normalised maximum and the place and power of two
+#: of the sgd window; three times the maximum (for the divider).
 NORM_CYCLES = 4
 #: Register stages of the MAX pass after the word address, besides the
 #: :func:`~dpfm.rtl.fixmath.lane_sum_stages` of the sum over the delta banks (``T``) and of
 #: the maximum over the word's ``M`` parameters (``T_M = lane_sum_stages(M)``): the banks'
-#: read, ``D = sat(sum)``, the magnitude key of ``D`` (the word's maximum is compared with
-#: the running maximum in the last stage).
+#: read, the magnitude key of ``D = sat(sum)``, that key again (the UPD pass takes its window
+#: there; the word's maximum is compared with the running maximum in the last stage).
 MAX_PIPE = 3
 #: Register stages of the UPD pass after the word address, besides the ``T`` of the sum
-#: over the delta banks: the reads, ``D = sat(sum)``, ``Dn = D >> sh``, the product ``Dn *
-#: (recip | c_q)``, the ratio (maxnorm) or the rounding add (sgd), ``ratio * lr_q`` or the
-#: shift, ``w - upd``, its saturation (written in that stage).
+#: over the delta banks: the reads; ``D = sat(sum)`` as its magnitude key; the window of
+#: ``D``; ``Dn`` (the window times a power of two, a DSP48E1); ``Dn * (-recip | c_q)`` plus
+#: the maxnorm rounding (a DSP48E1); ``-ratio`` and ``lr_q`` (maxnorm) or the sgd window and
+#: a power of two; ``w - upd`` as their product plus the weight and the rounding (a DSP48E1
+#: and its post-adder); its saturation (written in that stage).
 UPDATE_PIPE = 8
 
 
@@ -83,8 +86,11 @@ class UpdateUnit(wiring.Component):
     ceil(n_params / M)``, ``T = lane_sum_stages(batch)``, ``T_M = lane_sum_stages(M)``):
     MAX ``W``, MAX_DRAIN ``1 + MAX_PIPE + T + T_M``, NORM :data:`NORM_CYCLES`, DIV
     :data:`DIV_CYCLES` (maxnorm only), UPD ``W``, UPD_DRAIN ``1 + UPDATE_PIPE + T``; after
-    NORM when ``m == 0``.  Throughput: ``M`` parameters per cycle in MAX and UPD (two
-    multiplies per parameter in UPD, DSP48E1-sized: ``18 x 21`` and ``18 x 16`` bits).
+    NORM when ``m == 0``.  Throughput: ``M`` parameters per cycle in MAX and UPD (three
+    DSP48E1 multiplies per parameter in UPD: the ``Dn`` shift ``25 x 9``, ``Dn * mult`` ``18
+    x 21`` with its rounding constant, ``a * b`` ``25 x 18`` with the weight and rounding in
+    the post-adder; no barrel shifter: a variable shift is a multiplexer of aligned windows
+    and a product by a power of two).
 
     Parameters
     ----------
@@ -172,14 +178,16 @@ class UpdateUnit(wiring.Component):
         # stage t holds what stage t-1 computed; stage 0 puts the word address on the banks:
         #   1             the banks' read data
         #   2 .. 1+T      the sum over the banks, per element
-        #   ST_SAT        D = sat(sum) and its overflow
-        #   ST_ABS        MAX: the magnitude key of D; UPD: Dn = D >> sh
+        #   ST_SAT        the magnitude key of D = sat(sum) (D is the key's bits, see below)
+        #                 and the overflow of the saturation
+        #   ST_ABS        MAX: the key again; UPD: the window win1 of D
         #   ST_ABS+1..TM  MAX: the word's largest key (compared with the running one there)
-        #   ST_ABS+1      UPD: Dn * (recip | c_q) (a DSP48E1, operand and product registered)
-        #   ST_ABS+2      maxnorm: ratio = round_shift(., 19); sgd: the product plus half;
-        #                 the weight word's read address
-        #   ST_ABS+3      maxnorm: ratio * lr_q (DSP48E1); sgd: the shift; the weight word
-        #   ST_ABS+4      w - upd
+        #   ST_ABS+1      UPD: win1 * 2**(7 - f) (a DSP48E1): Dn
+        #   ST_ABS+2      Dn * mult + rnd3 (a DSP48E1); the weight word's read address
+        #   ST_ABS+3      a = lr_q, b = -ratio (maxnorm) or a = win2, b = -2**(16 - f) (sgd);
+        #                 the weight word on the read data
+        #   ST_ABS+4      w * 2**16 + 2**15 - 1 + a * b (a DSP48E1, the weight and rounding in
+        #                 its post-adder): w - upd in the bits from 16
         #   ST_ABS+5      w_new = sat(w - upd): written to W in this stage
         ST_SAT = 2 + T
         ST_ABS = ST_SAT + 1
@@ -217,61 +225,116 @@ class UpdateUnit(wiring.Component):
         m.d.sync += dmax.eq(dkey[1:] + dkey[0])
 
         maxnorm = self.mode == UPDATE["maxnorm"]
-        # Dn = D >> sh (floor) or D << -sh: -2**(NORM_BITS-1)*2 <= Dn < 2**NORM_BITS since |D| <= m
-        mult = Signal(max(RECIP_BITS, NORM_BITS + 1))   # recip (maxnorm) or c_q (sgd)
+        # Dn = D >> sh (floor) or D << -sh: -2**(NORM_BITS-1)*2 <= Dn < 2**NORM_BITS since |D| <= m.
+        # No barrel shifter: with t = sh - (1 - NORM_BITS) = blen - 1 >= 0, a word-aligned
+        # window win1 = floor(D / 2**b) at b = 8 * (t >> 3) + 1 - NORM_BITS (a multiplexer of
+        # n_win1 places) is exact in WIN1 bits (|D| < 2**blen, so |D / 2**b| < 2**(f +
+        # NORM_BITS) with f = t & 7 <= 7), and the rest of the shift is a DSP48E1 product by a
+        # power of two: Dn = floor(win1 * 2**(7 - f) / 2**7), the product's bits 7 and up.
+        WIN1 = NORM_BITS + 8
+        n_win1 = ((fm.delta.bits - 1) >> 3) + 1           # blen <= delta.bits
+        dn_idx = Signal(range(max(n_win1, 2)))           # t >> 3
+        dn_pow = Signal(8)                               # 2**(7 - (t & 7))
+        # -recip (maxnorm) or c_q (sgd), and the constant the DSP48E1 adds to Dn * mult:
+        # maxnorm's ratio is rounded there, negated (see ratio_n below)
+        mult = Signal(signed(max(RECIP_BITS, len(self.sgd_cq)) + 1))
+        rnd3 = Signal(RECIP_FRAC - RATIO_FRAC - 1)
         prod_w = NORM_BITS + 1 + len(mult) + 1
-        # sgd: upd = round_shift(Dn * c_q, delta.frac + cs - weight.frac - sh).  A shift of at
-        # least the product's width rounds every product to 0, so the shift is held clamped
-        # to it.  The smallest shift (cs = SGD_CS_MIN, sh = delta.bits - NORM_BITS) is 3 for
-        # the default formats; formats that make it negative get a left-shift path.
+        # sgd: upd = round_shift(X, S), X = Dn * c_q, S = delta.frac + cs - weight.frac - sh.
+        # A shift of at least the product's width rounds every product to 0, so S is held
+        # clamped to it.  The smallest S (cs = SGD_CS_MIN, sh = delta.bits - NORM_BITS) is 3
+        # for the default formats.  No barrel shifter either: with b = 4 * ((S - 1) >> 2) and
+        # f = S - b in 1..4, the nested floors give round_shift(X, S) = floor((floor(X / 2**b)
+        # + 2**(f-1)) / 2**f) = round_shift(win2 * 2**(RATIO_FRAC - f), RATIO_FRAC) with the
+        # window win2 = floor(X / 2**b) (a multiplexer of the places b): the maxnorm rounding
+        # of ratio * lr_q on the same DSP48E1.  win2 is WIN2 bits (the DSP's 25-bit port);
+        # when floor(X / 2**b) does not fit, |upd| >= 2**(WIN2 - 1 - 4) > 2 * 2**(weight.bits
+        # - 1) and sat(w - upd) is the weight format's end opposite X's sign: the stage
+        # forces it (sov).
+        WIN2 = 25
+        assert WIN2 - 1 - 4 > fm.weight.bits and RATIO_FRAC >= 4
         sgd_shift_max = prod_w
         sgd_shift_min = fm.delta.frac - fw + SGD_CS_MIN - (fm.delta.bits - NORM_BITS)
         sgd_shift = Signal(range(min(0, sgd_shift_min), sgd_shift_max + 1))
-        left_max = max(0, -sgd_shift_min)
-        sgd_r = Signal(range(sgd_shift_max + 1))           # max(shift, 0)
-        sgd_l = Signal(range(left_max + 1))                 # max(-shift, 0)
-        sgd_half = Signal(sgd_shift_max)                    # 2**(sgd_r - 1), 0 when sgd_r == 0
-        m.d.sync += mult.eq(Mux(maxnorm, recip[:RECIP_BITS], self.sgd_cq))   # constant in UPD
+        k_lo, k_hi = (sgd_shift_min - 1) >> 2, (sgd_shift_max - 1) >> 2
+        sgd_k = Signal(range(k_hi - k_lo + 1))           # (S - 1) >> 2, from k_lo
+        sgd_pow = Signal(signed(RATIO_FRAC + 1))         # -2**(RATIO_FRAC - f)
+        m.d.sync += [                                    # constant in UPD
+            mult.eq(Mux(maxnorm, -recip[:RECIP_BITS], self.sgd_cq)),
+            rnd3.eq(Mux(maxnorm, (1 << (RECIP_FRAC - RATIO_FRAC - 1)) - 1, 0)),
+        ]
 
         # the parameter datapath, one copy per element of a word
         keys, d_ovfs, w_news, w_ovfs = [], [], [], []
         for e in range(M):
             terms = [self.deltas[s].word_select(e, db).as_signed() for s in range(B)]
             d_total = pipelined_sum(m, terms, f"d_sum{e}_")
-            d_sat = Signal(signed(fm.delta.bits), name=f"d_sat{e}")
             d_ovf = Signal(name=f"d_ovf{e}")
-            d_sat_v, d_ovf_v = saturate(d_total, fm.delta)
+            d_sat_v = Signal(signed(fm.delta.bits), name=f"d_sat{e}")   # comb, sign-extended
+            d_sat_e, d_ovf_v = saturate(d_total, fm.delta)
+            m.d.comb += d_sat_v.eq(d_sat_e)
             # the magnitude key: u = D ^ sign (|D| for D >= 0, |D| - 1 below), s = the sign;
             # 2 * u + s orders like |D| (ties between +x and -x aside), |D| = u + s
-            sign = d_sat[-1]
-            key = Signal(fm.delta.bits, name=f"dkey{e}")
-            dn2 = Signal(signed(NORM_BITS + 1), name=f"dn2_{e}")
+            sign = d_sat_v[-1]
+            key1 = Signal(fm.delta.bits, name=f"dkey1_{e}")     # stage ST_SAT
+            key = Signal(fm.delta.bits, name=f"dkey{e}")        # ... ST_ABS
+            d_rec = Cat(key1[1:] ^ key1[0].replicate(fm.delta.bits - 1), key1[0]).as_signed()   # D
+            win1 = Signal(signed(WIN1), name=f"win1_{e}")
+            prod_s = Signal(signed(WIN1 + 9), name=f"dn2_p{e}")     # Dn * 2**7 + the bits below
+            dn2 = prod_s[7:7 + NORM_BITS + 1].as_signed()
+            # maxnorm: prod_u3 = -Dn * recip + 2**18 - 1, so ratio_n = prod_u3 >> 19 = -ratio
+            # (-floor((x + 2**18) / 2**19) = floor((2**18 - 1 - x) / 2**19)); sgd: X = Dn * c_q
             prod_u3 = Signal(signed(prod_w), name=f"prod_u3_{e}")
-            ratio = Signal(signed(RATIO_FRAC + 2), name=f"ratio{e}")     # |ratio| <= 2**16 + 1
-            sgd_sum = Signal(signed(prod_w + 1), name=f"sgd_sum{e}")
-            prod_u4 = Signal(signed(len(ratio) + len(self.lr_q) + 1), name=f"prod_u4_{e}")
-            sgdupd4 = Signal(signed(len(sgd_sum) + left_max), name=f"sgdupd4_{e}")
-            w_diff = Signal(signed(max(len(prod_u4) - RATIO_FRAC, len(sgdupd4), wb) + 2),
-                            name=f"w_diff{e}")
+            ratio_n = prod_u3 >> (RECIP_FRAC - RATIO_FRAC)    # |ratio| <= 2**16 + 1
+            a2 = Signal(signed(WIN2), name=f"a2_{e}")    # lr_q (maxnorm) or win2 (sgd)
+            b2 = Signal(signed(RATIO_FRAC + 2), name=f"b2_{e}")   # -ratio or -2**(RATIO_FRAC - f)
+            sov = [Signal(name=f"sov{t}_{e}") for t in (3, 4)]   # sgd: win2 did not fit
+            sneg = [Signal(name=f"sneg{t}_{e}") for t in (3, 4)]  # ... and X < 0
+            # w - round_shift(a * b, 16) = floor((w * 2**16 + 2**15 - 1 - a * b) / 2**16): the
+            # weight and the rounding in the DSP48E1's C port, b negated; |a * b| < 2**(WIN2
+            # + 15) since |upd| < 2**(WIN2 - 1) (win2 fits) or |ratio * lr_q| < 2**35
+            prod_u4 = Signal(signed(max(WIN2 + RATIO_FRAC, wb + RATIO_FRAC) + 2), name=f"prod_u4_{e}")
+            w_diff = prod_u4[RATIO_FRAC:].as_signed()
             w_new = Signal(wshape, name=f"w_new{e}")
             w_ovf = Signal(name=f"w_ovf{e}")
-            sgd_shifted = sgd_sum >> sgd_r
-            if left_max:
-                sgd_shifted = Mux(sgd_l != 0, sgd_sum << sgd_l, sgd_shifted)
-            upd = Mux(maxnorm, round_shift(prod_u4, RATIO_FRAC), sgdupd4)
-            w_word = self.weights.word_select(e, wb).as_signed()        # stage ST_ABS + 3
+            w_word = self.weights.word_select(e, wb).as_signed()        # held with stage ST_ABS + 3
+            with m.Switch(dn_idx):                                                          # ST_ABS
+                for i in range(n_win1):
+                    b = 8 * i + 1 - NORM_BITS
+                    with m.Case(i):
+                        m.d.sync += win1.eq(d_rec >> b if b >= 0 else d_rec << -b)
+            x_neg = prod_u3[-1]            # sgd
+            win2 = Signal(signed(WIN2), name=f"win2_{e}")
+            fits = Signal(name=f"fits{e}")
+            with m.Switch(sgd_k):                                                           # +2
+                for k in range(k_hi - k_lo + 1):
+                    b = 4 * (k + k_lo)
+                    lo = b + WIN2 - 1           # X fits the window when its bits from lo agree
+                    if lo >= prod_w - 1:
+                        fits_k = Const(1, 1)
+                    elif lo >= 0:
+                        fits_k = prod_u3[lo:].all() | ~prod_u3[lo:].any()
+                    else:
+                        fits_k = prod_u3 == 0
+                    with m.Case(k):
+                        m.d.comb += [win2.eq(prod_u3 >> b if b >= 0 else prod_u3 << -b),
+                                     fits.eq(fits_k)]
             m.d.sync += [
-                d_sat.eq(d_sat_v), d_ovf.eq(d_ovf_v),                                       # ST_SAT
-                key.eq(Cat(sign, d_sat[:-1] ^ sign.replicate(fm.delta.bits - 1))),          # ST_ABS
-                dn2.eq(Mux(shl != 0, d_sat << shl, d_sat >> shr)),
-                prod_u3.eq(dn2 * mult),                                                     # +1
-                ratio.eq(round_shift(prod_u3, RECIP_FRAC - RATIO_FRAC)[:len(ratio)]),       # +2
-                sgd_sum.eq(prod_u3 + sgd_half),
-                prod_u4.eq(ratio * self.lr_q),                                              # +3
-                sgdupd4.eq(sgd_shifted),
-                w_diff.eq(w_word - upd),                                                    # +4
-                w_new.eq(saturate(w_diff, fm.weight)[0]),                                   # +5
-                w_ovf.eq(saturate(w_diff, fm.weight)[1]),
+                d_ovf.eq(d_ovf_v),                                                          # ST_SAT
+                key1.eq(Cat(sign, d_sat_v[:-1] ^ sign.replicate(fm.delta.bits - 1))),
+                key.eq(key1),                                                               # ST_ABS
+                prod_s.eq(win1 * dn_pow),                                                   # +1
+                prod_u3.eq(dn2 * mult + rnd3),                                              # +2
+                a2.eq(Mux(maxnorm, self.lr_q, win2)), b2.eq(Mux(maxnorm, ratio_n, sgd_pow)), # +3
+                sov[0].eq(~maxnorm & ~fits), sneg[0].eq(x_neg),
+                prod_u4.eq(Cat(Const((1 << (RATIO_FRAC - 1)) - 1, RATIO_FRAC), w_word).as_signed()
+                           + a2 * b2),                                                      # +4
+                sov[1].eq(sov[0]), sneg[1].eq(sneg[0]),
+            ]
+            w_sat, w_sat_ovf = saturate(w_diff, fm.weight)                                  # +5
+            m.d.sync += [
+                w_new.eq(Mux(sov[1], Mux(sneg[1], fm.weight.max_int, fm.weight.min_int), w_sat)),
+                w_ovf.eq(sov[1] | w_sat_ovf),
             ]
             keys.append(key)
             d_ovfs.append(d_ovf)
@@ -329,23 +392,22 @@ class UpdateUnit(wiring.Component):
                     with m.Case(1):
                         sh = blen.as_signed() - NORM_BITS
                         sgd_full = (fm.delta.frac - fw + NORM_BITS) + self.sgd_cs - blen
+                        t = (blen - 1)[:len(blen)]
                         m.d.sync += [
                             shr.eq(Mux(sh >= 0, sh, 0)), shl.eq(Mux(sh < 0, -sh, 0)),
                             sgd_shift.eq(Mux(sgd_full > sgd_shift_max, sgd_shift_max, sgd_full)),
+                            dn_idx.eq(t >> 3), dn_pow.eq(Const(1 << 7, 8) >> t[:3]),
                         ]
                     with m.Case(2):
+                        s1 = sgd_shift - 1
                         m.d.sync += [
                             mn.eq(Mux(shl != 0, dmax << shl, dmax >> shr)),
-                            sgd_r.eq(Mux(sgd_shift > 0, sgd_shift, 0)),
+                            sgd_k.eq((s1 >> 2) - k_lo),
+                            sgd_pow.eq(-(Const(1 << (RATIO_FRAC - 1), RATIO_FRAC) >> s1[:2])),
                         ]
-                        if left_max:
-                            m.d.sync += sgd_l.eq(Mux(sgd_shift < 0, -sgd_shift, 0))
                     with m.Case(NORM_CYCLES - 1):
-                        nb = max(1, sgd_shift_max.bit_length())
                         m.d.sync += [
                             mn3.eq(mn + (mn << 1)),
-                            sgd_half.eq(Mux(sgd_r == 0, 0, (Const(1, 1) << (sgd_r - 1).as_unsigned()[:nb])
-                                            [:sgd_shift_max])),
                             # the quotient bits above 2 * DIV_CYCLES are 0: their remainder is
                             # the dividend 2**RECIP_FRAC cut to its bits above them
                             rem.eq(1 << (RECIP_FRAC - 2 * DIV_CYCLES)), recip.eq(0), div_i.eq(0),

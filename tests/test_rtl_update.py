@@ -117,7 +117,10 @@ def _run(config, cases):
             tail_w = list(w) + [fm.weight.max_int] * (M * words - P)
             for a, word in enumerate(_pack(tail_w, h.wbits, M, words)):
                 ctx.set(h.wmem.data[a], word)
-            cq, cs = sgd_scale(lr, config.batch * config.n_out) if update == "sgd" else (1 << 16, 16)
+            if isinstance(lr, tuple):           # sgd with the SGD_CQ and SGD_CS registers given
+                (cq, cs), lr = lr, 0.01
+            else:
+                cq, cs = sgd_scale(lr, config.batch * config.n_out) if update == "sgd" else (1 << 16, 16)
             ctx.set(u.mode, UPDATE[update])
             ctx.set(u.lr_q, int(lr_quantize(lr, fm)))
             ctx.set(u.sgd_cq, cq)
@@ -147,6 +150,7 @@ def _check(config, results):
     P, M, words = config.n_params, config.update_lanes, update_words(config)
     for name, banks, w, update, lr, sgd_q, got, cycles, sat_d, sat_w in results:
         D, n_delta = fm.delta.saturate(np.sum(banks, axis=0, dtype=np.int64))
+        lr = 0.01 if isinstance(lr, tuple) else lr
         upd = fixed_update(D, lr, update, config.batch * config.n_out, fm, sgd_q=sgd_q)
         new, n_weight = fm.weight.saturate(np.asarray(w, np.int64) - upd)
         assert got[:P] == [int(v) for v in new], f"{name}: weights differ"
@@ -172,6 +176,39 @@ def test_update_unit_matches_fixed_update(net, batch, M):
     rng = np.random.default_rng(zlib.crc32(repr((net, batch, M)).encode()))
     cases = list(_cases(config, rng))
     _check(config, _run(config, cases))
+
+
+def _sweep_cases(config, rng):
+    """Every bit length of ``max|D|`` (so every place of the ``Dn`` window and every shift
+    ``sh``), under maxnorm and under sgd scales from the largest (``cs = 16``, the sgd
+    window overflows and w saturates) to ones that round every update to 0."""
+    fm = config.formats
+    P, B = config.n_params, config.batch
+    bank_hi = config.n_out * config.k << (fm.value.bits + fm.grad.bits - 2)
+    wlo, whi = fm.weight.min_int, fm.weight.max_int
+    for bl in range(1, fm.delta.bits + 3):
+        top = 1 << (bl - 1)
+        D = rng.integers(-2 * top, 2 * top, P)
+        D[rng.integers(P)] = rng.choice([top, -top, 2 * top - 1, -2 * top])    # bit length bl
+        banks = np.zeros((B, P), np.int64)
+        rest = D.copy()
+        for s in range(B):                 # spread D over the lanes, each within its bank
+            part = rest if s == B - 1 else np.clip(rng.integers(-bank_hi, bank_hi + 1, P), -np.abs(rest), np.abs(rest))
+            part = np.clip(part, -bank_hi, bank_hi)
+            banks[s] = part
+            rest = rest - part
+        w = rng.integers(wlo, whi + 1, P)
+        yield f"maxnorm bl={bl}", banks, w, "maxnorm", float(rng.choice([0.01, 0.3, 20.0]))
+        cq = int(rng.choice([1 << 16, int(rng.integers(1 << 16, 1 << 17)), (1 << 17) - 1, (1 << 18) - 1]))
+        cs = int(rng.choice([16, 17, 18, 20, 24, 30, 40, 60]))
+        yield f"sgd bl={bl} cs={cs}", banks, w, "sgd", (cq, cs)
+
+
+@pytest.mark.parametrize("M", [1, 4, 8])
+def test_update_unit_shift_sweep(M):
+    config = Config(k=16, batch=10, update_lanes=M)
+    rng = np.random.default_rng(zlib.crc32(repr(("sweep", M)).encode()))
+    _check(config, _run(config, list(_sweep_cases(config, rng))))
 
 
 def test_update_lanes_setting():
